@@ -1,0 +1,1 @@
+"""Tests of ummkd.evaluation."""

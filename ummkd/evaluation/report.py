@@ -1,0 +1,200 @@
+"""Evaluation reports: ``summary.json``, ``results.md``, ``dice.png`` and a terminal table.
+
+All take the summary built by :func:`ummkd.evaluation.metrics.summarize_cases`. Files are
+written atomically (a temporary file in the same folder, then :func:`os.replace`), so a reader
+never sees a half-written report. Not-applicable values (``NaN``) are written as ``null`` in
+JSON and ``n/a`` in tables.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from rich.table import Table
+
+from ummkd.evaluation.metrics import METRICS
+
+DEFAULT_TITLE = "ummkd evaluation"
+
+_HEADERS = {"dice": "Dice", "assd": "ASSD (mm)", "hd95": "HD95 (mm)"}
+_DECIMALS = {"dice": 3, "assd": 2, "hd95": 2}
+_NOTE = (
+    "Mean: over cases of each case's mean over its applicable classes; ± is the population "
+    "standard deviation over cases; n is the number of cases where the class is applicable. "
+    "A class absent from both prediction and reference is not applicable (n/a) and excluded "
+    "from means. A class empty in exactly one of them scores Dice 0 and ASSD = HD95 = the "
+    "diagonal of the image extent in mm."
+)
+
+
+def write_report(
+    summary: Mapping[str, Any], out_dir: Path, *, title: str = DEFAULT_TITLE
+) -> dict[str, Path]:
+    """Write ``summary.json``, ``results.md`` and ``dice.png`` into ``out_dir`` atomically.
+
+    Args:
+        summary: the summary from :func:`~ummkd.evaluation.metrics.summarize_cases`.
+        out_dir: destination folder, created if needed; existing report files are replaced.
+        title: heading of ``results.md`` and of the plot.
+
+    Returns:
+        The written paths by file stem: ``"summary"`` (``summary.json``), ``"results"``
+        (``results.md``) and ``"dice"`` (``dice.png``).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "summary": out_dir / "summary.json",
+        "results": out_dir / "results.md",
+        "dice": out_dir / "dice.png",
+    }
+    text = json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n"
+    _atomic_write_bytes(paths["summary"], text.encode())
+    _atomic_write_bytes(paths["results"], results_markdown(summary, title=title).encode())
+    _atomic_write_bytes(paths["dice"], dice_plot_png(summary, title=title))
+    return paths
+
+
+def results_markdown(summary: Mapping[str, Any], *, title: str = DEFAULT_TITLE) -> str:
+    """Render the summary as markdown: one table per modality (classes x metrics, mean±std).
+
+    Args:
+        summary: the summary from :func:`~ummkd.evaluation.metrics.summarize_cases`.
+        title: the level-1 heading.
+
+    Returns:
+        The markdown document.
+    """
+    lines = [f"# {title}", ""]
+    header = ["Class", *(_HEADERS[m] for m in METRICS), "n"]
+    for modality, result in summary["modalities"].items():
+        n_cases = result["n_cases"]
+        lines += [f"## {modality} ({n_cases} case{'' if n_cases == 1 else 's'})", ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for name in summary["classes"]:
+            stats = result["per_class"][name]
+            cells = [_mean_std(stats[m], stats[f"{m}_std"], m) for m in METRICS]
+            lines.append("| " + " | ".join([name, *cells, str(stats["n"])]) + " |")
+        means = [_mean_std(result["mean"][m], result["std"][m], m) for m in METRICS]
+        lines.append("| " + " | ".join(["**Mean**", *means, str(result["n_cases"])]) + " |")
+        lines.append("")
+    lines += [_NOTE, ""]
+    return "\n".join(lines)
+
+
+def results_table(summary: Mapping[str, Any], *, title: str = DEFAULT_TITLE) -> Table:
+    """Build a rich table of the summary for the terminal: per modality, per class and mean.
+
+    Args:
+        summary: the summary from :func:`~ummkd.evaluation.metrics.summarize_cases`.
+        title: the table title.
+
+    Returns:
+        The table (print it with ``rich.console.Console().print``).
+    """
+    table = Table(title=title)
+    table.add_column("Modality")
+    table.add_column("Class")
+    for metric in METRICS:
+        table.add_column(_HEADERS[metric], justify="right")
+    table.add_column("n", justify="right")
+    for modality, result in summary["modalities"].items():
+        for name in summary["classes"]:
+            stats = result["per_class"][name]
+            cells = [_mean_std(stats[m], stats[f"{m}_std"], m) for m in METRICS]
+            table.add_row(modality, name, *cells, str(stats["n"]))
+        means = [_mean_std(result["mean"][m], result["std"][m], m) for m in METRICS]
+        table.add_row(
+            modality, "[bold]mean[/bold]", *means, str(result["n_cases"]), end_section=True
+        )
+    return table
+
+
+def dice_plot_png(summary: Mapping[str, Any], *, title: str = DEFAULT_TITLE) -> bytes:
+    """Plot the Dice per class and modality as grouped bars with standard-deviation error bars.
+
+    The figure is drawn with matplotlib's Agg canvas directly, leaving pyplot's global backend
+    untouched. Classes with no applicable case have no bar.
+
+    Args:
+        summary: the summary from :func:`~ummkd.evaluation.metrics.summarize_cases`.
+        title: the plot title.
+
+    Returns:
+        The PNG image.
+    """
+    groups = [*summary["classes"], "mean"]
+    modalities = list(summary["modalities"])
+    figure = Figure(figsize=(max(5.0, 1.5 + 0.6 * len(groups) * len(modalities)), 4))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    positions = np.arange(len(groups))
+    width = 0.8 / max(1, len(modalities))
+    for i, modality in enumerate(modalities):
+        result = summary["modalities"][modality]
+        means = [_nan(result["per_class"][c]["dice"]) for c in summary["classes"]]
+        stds = [_nan(result["per_class"][c]["dice_std"]) for c in summary["classes"]]
+        means.append(_nan(result["mean"]["dice"]))
+        stds.append(_nan(result["std"]["dice"]))
+        offset = (i - (len(modalities) - 1) / 2) * width
+        axes.bar(positions + offset, means, width, yerr=stds, capsize=3, label=modality)
+    axes.set_xticks(positions, groups, rotation=30, ha="right")
+    axes.set_ylim(0.0, 1.05)
+    axes.set_ylabel("Dice")
+    axes.set_title(title)
+    axes.legend(title="modality")
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    return buffer.getvalue()
+
+
+def _mean_std(mean: float | None, std: float | None, metric: str) -> str:
+    """Format ``mean ± std`` with the metric's number of decimals; ``n/a`` when not applicable."""
+    mean, std = _nan(mean), _nan(std)
+    if math.isnan(mean):
+        return "n/a"
+    decimals = _DECIMALS[metric]
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
+def _nan(value: float | None) -> float:
+    """``None`` (JSON null) -> NaN, anything else -> float."""
+    return math.nan if value is None else float(value)
+
+
+def _json_safe(value: Any) -> Any:
+    """Recursively convert to JSON types: non-finite floats -> ``None``, numpy scalars -> Python."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file next to ``path``, then rename it onto ``path``."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; reports are ordinary readable files
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
