@@ -11,7 +11,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def shared_data_root() -> Path:
-    """Where the real (research-only) datasets live: ``$UMMKD_SHARED_DATA`` or ``../shared/data``."""
+    """Where the real research-only datasets live: ``$UMMKD_SHARED_DATA`` or ``../shared/data``."""
     return Path(os.environ.get("UMMKD_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 

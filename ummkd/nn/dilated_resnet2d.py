@@ -153,6 +153,7 @@ def dilated_resnet2d_groups(
     norm: Literal["batch", "instance", "group"],
     modalities: Sequence[str] | None,
     names: Collection[str] | None = None,
+    head_channels: int | None = None,
 ) -> list[tuple[str, nn.Module]]:
     """The layer groups of the 2D network, named ``group1`` ... ``group10``, ``output``.
 
@@ -167,6 +168,8 @@ def dilated_resnet2d_groups(
         norm: ``"batch"``, ``"instance"`` or ``"group"``.
         modalities: modality names for modality-specific norms, ``None`` for shared norms.
         names: build only these groups (see :data:`GROUP_NAMES`); ``None`` builds all.
+        head_channels: channels after the x8 pixel shuffle; ``None`` = ``8 * C`` as in the
+            authors' code. Smaller values make the costly group-10 convolution cheaper.
 
     Returns:
         ``(name, module)`` pairs in forward order.
@@ -180,7 +183,7 @@ def dilated_resnet2d_groups(
     if unknown:
         raise ValueError(f"unknown group names {sorted(unknown)}; valid: {list(GROUP_NAMES)}")
     b = base_channels
-    shuffle_channels = 8 * out_channels
+    shuffle_channels = head_channels or 8 * out_channels
     pre_shuffle = shuffle_channels * OUTPUT_STRIDE**2
 
     def block(cin: int, cout: int, dilation: int = 1) -> ResidualBlock2d:
@@ -256,6 +259,8 @@ class DilatedResNet2d(nn.Module):
         base_channels: width of group 1; widths are ``b, 2b, 4b, 8b, 16b, 16b, 32b, 32b``.
         dropout: dropout probability (0.25 in the paper; active in training mode only).
         norm: ``"batch"`` (paper: momentum 0.1, eps 1e-3), ``"instance"`` or ``"group"``.
+        head_channels: channels after the x8 pixel shuffle (``None``: ``8 * out_channels``, the
+            authors' choice; the conv before the shuffle has ``64 * head_channels`` outputs).
     """
 
     def __init__(
@@ -266,6 +271,7 @@ class DilatedResNet2d(nn.Module):
         base_channels: int = 16,
         dropout: float = 0.25,
         norm: Literal["batch", "instance", "group"] = "batch",
+        head_channels: int | None = None,
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
@@ -274,7 +280,13 @@ class DilatedResNet2d(nn.Module):
         self.layers = nn.Sequential(
             OrderedDict(
                 dilated_resnet2d_groups(
-                    in_channels, out_channels, base_channels, dropout, norm, self.modalities
+                    in_channels,
+                    out_channels,
+                    base_channels,
+                    dropout,
+                    norm,
+                    self.modalities,
+                    head_channels=head_channels,
                 )
             )
         )

@@ -1,0 +1,31 @@
+"""Fixtures for the Lightning layer and CLI tests: a tiny synthetic dataset and fast overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ummkd.data.synthetic import make_synthetic_dataset
+
+# Overrides that make any config run in seconds on a CPU.
+FAST = [
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+    "--trainer.enable_progress_bar=false",
+    "--data.num_workers=0",
+    "--data.batch_size=2",
+]
+TINY_2D = [
+    "--model.network.init_args.base_channels=2",
+    "--model.network.init_args.head_channels=4",
+    "--data.patch_size=[48,48]",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic unpaired CT/MR phantoms: 4 + 4 small volumes."""
+    root = tmp_path_factory.mktemp("data") / "synthetic"
+    make_synthetic_dataset(root, n_ct=4, n_mr=4, size=(48, 48, 12), seed=1)
+    return root

@@ -1,0 +1,245 @@
+"""End-to-end tests of the ``ummkd`` CLI: fit -> test -> predict, configs, print_config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.lightning.conftest import FAST, TINY_2D
+from ummkd.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs"
+
+
+def _fit_args(root: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [
+        "fit",
+        "--config",
+        str(CONFIGS / "demo.yaml"),
+        f"--data.root={root}",
+        f"--trainer.default_root_dir={run_dir}",
+        "--trainer.max_epochs=2",
+        "--data.steps_per_epoch=3",
+        "--trainer.log_every_n_steps=1",
+        *FAST,
+        *TINY_2D,
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One short ummkd training on the tiny dataset (shared by the round-trip tests)."""
+    run_dir = tmp_path_factory.mktemp("runs") / "demo"
+    main(_fit_args(tiny_dataset, run_dir))
+    return run_dir
+
+
+def test_fit_writes_checkpoints_config_and_metrics(trained_run: Path) -> None:
+    last = list(trained_run.rglob("last.ckpt"))
+    best = list(trained_run.rglob("best*.ckpt"))
+    assert len(last) == 1 and len(best) == 1
+    assert list(trained_run.rglob("config.yaml"))
+    metrics = next(trained_run.rglob("metrics.csv")).read_text()
+    for key in ("train/loss", "train/seg_ct", "train/seg_mr", "train/kd", "val/dice_ct"):
+        assert key in metrics
+    assert "val/dice_best" in metrics and "dataloader_idx" not in metrics
+    ckpt = torch.load(last[0], map_location="cpu", weights_only=True)
+    hparams = ckpt["hyper_parameters"]
+    assert hparams["modalities"] == ["ct", "mr"] and hparams["num_classes"] == 5
+    assert "tta" not in hparams and "sw_overlap" not in hparams
+    norm_keys = [k for k in ckpt["state_dict"] if ".branches.mr." in k]
+    assert norm_keys, "modality-specific norm parameters must be in the checkpoint"
+
+
+def test_test_writes_report(trained_run: Path, tiny_dataset: Path) -> None:
+    main(
+        [
+            "test",
+            "--config",
+            str(CONFIGS / "demo.yaml"),
+            f"--data.root={tiny_dataset}",
+            f"--trainer.default_root_dir={trained_run}",
+            "--ckpt_path=best",
+            *FAST,
+            *TINY_2D,
+        ]
+    )
+    summaries = sorted(trained_run.rglob("summary.json"), key=lambda p: p.stat().st_mtime)
+    summary = json.loads(summaries[-1].read_text())
+    assert set(summary["modalities"]) == {"ct", "mr"}
+    for stats in summary["modalities"].values():
+        assert 0.0 <= stats["mean"]["dice"] <= 1.0
+        assert set(stats["per_class"]) == {"liver", "kidney_right", "kidney_left", "spleen"}
+        assert [c["id"] for c in stats["cases"]]
+    assert (summaries[-1].parent / "results.md").is_file()
+    assert (summaries[-1].parent / "dice.png").is_file()
+
+
+def _oblique_lps_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
+    """An MR-like image with an oblique, non-RAS (LPS-like) affine."""
+    angle = np.deg2rad(12.0)
+    rotation = np.array(
+        [[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0, 0, 1]]
+    )
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([-1.7, -1.9, 5.5])
+    affine[:3, 3] = [120.0, 90.0, -40.0]
+    rng = np.random.default_rng(0)
+    data = (rng.random(shape) * 300).astype(np.int16)
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return affine
+
+
+def test_predict_round_trip_keeps_geometry(trained_run: Path, tiny_dataset: Path, tmp_path: Path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    affine = _oblique_lps_image(inputs / "case_a.nii.gz", (45, 50, 9))
+    out = tmp_path / "preds"
+    args = [
+        "predict",
+        "--config",
+        str(CONFIGS / "demo.yaml"),
+        f"--data.root={tiny_dataset}",
+        f"--trainer.default_root_dir={trained_run}",
+        "--ckpt_path=last",
+        f"--data.predict_images={inputs}/*.nii.gz",
+        "--data.predict_modality=mr",
+        "--data.orientation=RAS",
+        "--data.spacing=[2.5,2.5,4.0]",
+        f"--output={out}",
+        "--save_probabilities=true",
+        *FAST,
+        *TINY_2D,
+    ]
+    main(args)
+    written = nib.load(out / "case_a.nii.gz")
+    assert written.shape == (45, 50, 9)
+    np.testing.assert_allclose(written.affine, affine, atol=1e-4)
+    assert set(np.unique(np.asarray(written.dataobj))) <= set(range(5))
+    probs = nib.load(out / "case_a_probs.nii.gz")
+    assert probs.shape == (45, 50, 9, 5)
+    # an existing output is never replaced without --overwrite
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        main(args)
+    main([*args, "--overwrite=true"])
+    # predictions may not be written next to the inputs
+    with pytest.raises(ValueError, match="holds the input"):
+        main([a if not a.startswith("--output=") else f"--output={inputs}" for a in args])
+
+
+def test_fit_resumes_from_last(trained_run: Path, tiny_dataset: Path) -> None:
+    main(
+        [
+            *_fit_args(tiny_dataset, trained_run),
+            "--trainer.max_epochs=3",
+            "--ckpt_path=last",
+        ]
+    )
+    newest = max(trained_run.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+    ckpt = torch.load(newest, map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 2  # resumed after epoch index 1, trained one more
+
+
+def test_print_config_round_trip(tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+    args = _fit_args(tiny_dataset, tmp_path / "run", "--model.kd_weight=0.3")
+    with pytest.raises(SystemExit):
+        main([*args, "--print_config"])
+    printed = capsys.readouterr().out
+    config = yaml.safe_load(printed)
+    assert config["model"]["kd_weight"] == 0.3
+    assert config["data"]["root"] == str(tiny_dataset)
+    saved = tmp_path / "printed.yaml"
+    saved.write_text(printed)
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(saved), "--print_config"])
+    again = yaml.safe_load(capsys.readouterr().out)
+    assert again == config
+
+
+def _config_cases() -> list[tuple[str, list[str]]]:
+    abd = str(CONFIGS / "abdominal_2d" / "ummkd.yaml")
+    cases = [("demo", ["--config", str(CONFIGS / "demo.yaml")])]
+    cases.append(("abdominal_2d/ummkd", ["--config", abd]))
+    for variant in ("separate_norm", "joint", "single_ct", "single_mr"):
+        overlay = str(CONFIGS / "abdominal_2d" / f"{variant}.yaml")
+        cases.append((f"abdominal_2d/{variant}", ["--config", abd, "--config", overlay]))
+    cases.append(("cardiac_2d/ummkd", ["--config", str(CONFIGS / "cardiac_2d" / "ummkd.yaml")]))
+    for profile in ("cpu", "debug"):
+        cases.append(
+            (
+                f"trainer/{profile}",
+                [
+                    "--config",
+                    str(CONFIGS / "demo.yaml"),
+                    "--config",
+                    str(CONFIGS / "trainer" / f"{profile}.yaml"),
+                ],
+            )
+        )
+    return cases
+
+
+@pytest.mark.parametrize(("name", "config_args"), _config_cases(), ids=lambda v: v)
+def test_every_2d_config_runs_fast_dev_run(
+    name: str, config_args: list[str], tiny_dataset: Path, tmp_path: Path
+) -> None:
+    main(
+        [
+            "fit",
+            *config_args,
+            f"--data.root={tiny_dataset}",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.fast_dev_run=true",
+            *FAST,
+            *TINY_2D,
+            "--data.augmentation=null",
+        ]
+    )
+
+
+def test_abdominal_3d_config_runs_fast_dev_run(tiny_dataset: Path, tmp_path: Path) -> None:
+    main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "abdominal_3d" / "ummkd.yaml"),
+            f"--data.root={tiny_dataset}",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.fast_dev_run=true",
+            "--model.network.init_args.base_channels=4",
+            "--data.patch_size=[32,32,8]",
+            "--data.spacing=null",
+            *FAST,
+        ]
+    )
+
+
+def test_gpu_profile_runs_bf16_on_cpu(tiny_dataset: Path, tmp_path: Path) -> None:
+    """configs/trainer/gpu.yaml with the accelerator swapped to CPU: bf16-mixed trains finitely."""
+    main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "demo.yaml"),
+            "--config",
+            str(CONFIGS / "trainer" / "gpu.yaml"),
+            f"--data.root={tiny_dataset}",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.fast_dev_run=true",
+            *FAST,
+            *TINY_2D,
+        ]
+    )
+
+
+def test_bad_modality_is_a_clear_error(tiny_dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="modalities"):
+        main(_fit_args(tiny_dataset, tmp_path, "--data.modalities=[ct,pet]"))

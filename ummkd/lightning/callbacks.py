@@ -1,0 +1,151 @@
+"""Callbacks: NIfTI prediction writer and the end-of-run result reports."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import nibabel as nib
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.utilities import rank_zero_only
+from monai.data import MetaTensor
+from rich.console import Console
+
+from ummkd.evaluation.report import results_table, write_report
+
+
+def save_nifti_atomic(
+    array: np.ndarray, affine: np.ndarray, path: Path, *, header: Any = None
+) -> None:
+    """Write a NIfTI file atomically (temporary file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="".join(path.suffixes), dir=path.parent)
+    os.close(fd)
+    try:
+        image = nib.Nifti1Image(array, affine, header=header)
+        image.set_qform(affine, code=1)
+        image.set_sform(affine, code=1)
+        nib.save(image, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class NiftiPredictionWriter(BasePredictionWriter):
+    """Write one label map (and optionally probabilities) per predicted image.
+
+    The network's probabilities are mapped back through the inverse of the invertible
+    preprocessing (orientation, resampling), so each output has the input's exact shape, affine
+    and orientation. Existing files are never replaced unless ``overwrite`` is set, and the output
+    folder may not be a folder that holds inputs.
+
+    Args:
+        output_dir: Folder for the predictions (created if needed).
+        overwrite: Replace existing prediction files.
+        save_probabilities: Also write ``<name>_probs.nii.gz`` (float32, channels last).
+    """
+
+    def __init__(
+        self, output_dir: str | Path, overwrite: bool = False, save_probabilities: bool = False
+    ) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir).expanduser().resolve()
+        self.overwrite = overwrite
+        self.save_probabilities = save_probabilities
+
+    def check_inputs(self, inputs: Sequence[str | Path]) -> None:
+        """Refuse unsafe output locations before any work is done."""
+        for path in inputs:
+            src = Path(path).resolve()
+            if src.parent == self.output_dir:
+                raise ValueError(
+                    f"output folder {self.output_dir} holds the input {src}; choose another "
+                    "--output so predictions cannot replace inputs."
+                )
+            target = self.output_dir / src.name
+            if target.exists() and not self.overwrite:
+                raise FileExistsError(
+                    f"{target} exists; pass --overwrite to replace it or choose another --output."
+                )
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Validate the output location against the prediction inputs."""
+        if stage == "predict" and trainer.datamodule is not None:
+            dataset = getattr(trainer.datamodule, "_predict_dataset", None)
+            if dataset is not None:
+                self.check_inputs([record["path"] for record in dataset.data])
+
+    def write_on_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: Any,
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        """Invert the preprocessing and write the label map of one image."""
+        source = Path(prediction["path"])
+        reference = nib.load(source)
+        probs = invert_to_input_space(prediction["probs"], prediction["image"], trainer.datamodule)
+        if tuple(probs.shape[1:]) != tuple(reference.shape[:3]):
+            raise RuntimeError(
+                f"{source}: inverted prediction has shape {tuple(probs.shape[1:])}, input has "
+                f"{tuple(reference.shape[:3])}"
+            )
+        labels = probs.argmax(0).cpu().numpy().astype(np.uint8)
+        labels = labels.reshape(reference.shape) if len(reference.shape) != 3 else labels
+        save_nifti_atomic(labels, reference.affine, self.output_dir / source.name)
+        if self.save_probabilities:
+            stem = source.name.removesuffix(".gz").removesuffix(".nii")
+            prob_array = probs.permute(1, 2, 3, 0).cpu().numpy().astype(np.float32)
+            save_nifti_atomic(
+                prob_array, reference.affine, self.output_dir / f"{stem}_probs.nii.gz"
+            )
+
+
+def invert_to_input_space(probs: torch.Tensor, image: MetaTensor, datamodule: Any) -> torch.Tensor:
+    """Map probabilities from the preprocessed grid back to the input image grid."""
+    if not isinstance(image, MetaTensor) or not image.applied_operations:
+        return probs
+    tracked = MetaTensor(probs.detach().cpu(), meta=dict(image.meta))
+    tracked.applied_operations = list(image.applied_operations)
+    inverted = datamodule.predict_transform().inverse({"image": tracked})["image"]
+    return torch.as_tensor(inverted)
+
+
+class ResultsReport(Callback):
+    """Print the per-modality result table after fit (validation) and test; write test reports.
+
+    After ``test`` the run directory receives ``summary.json``, ``results.md`` and ``dice.png``.
+    """
+
+    def __init__(self, console: Console | None = None) -> None:
+        super().__init__()
+        self.console = console or Console()
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Show the last validation results."""
+        summary = getattr(pl_module, "last_val_summary", None)
+        if summary:
+            self.console.print(results_table(summary, title="Validation (last epoch)"))
+
+    @rank_zero_only
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write the test report into the run directory and show it."""
+        summary = getattr(pl_module, "last_test_summary", None)
+        if not summary:
+            return
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        files = write_report(summary, out_dir, title="ummkd test results")
+        self.console.print(results_table(summary, title="Test"))
+        self.console.print(f"[ummkd] test report: {files['summary']}")

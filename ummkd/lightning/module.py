@@ -1,0 +1,303 @@
+"""`UMMKDModule`: the training/evaluation loop around the pure components (owns no math)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from monai.data.utils import affine_to_spacing
+from torch import Tensor, nn
+from torchmetrics import MaxMetric
+
+from ummkd.evaluation.inference import slicewise_predict, sliding_window_predict
+from ummkd.evaluation.metrics import case_metrics, summarize_cases
+from ummkd.losses import ModalityDistillationLoss, SegmentationLoss
+from ummkd.nn import ModalityNorm, convert_to_modality_norm, use_modality
+
+
+def paper_adam(params: Any) -> torch.optim.Optimizer:
+    """The paper's optimizer: Adam, learning rate 1e-3."""
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+def paper_step_decay(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """The paper's 2D schedule: learning rate x0.95 every 1000 steps."""
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1000, gamma=0.95)
+
+
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, ModalityNorm)
+
+
+class UMMKDModule(pl.LightningModule):
+    """One segmentation network for several modalities: shared kernels, per-modality norms, KD.
+
+    Each training step forwards every modality's mini-batch through the same network with its own
+    normalization layers (``use_modality``), adds the per-modality segmentation losses and
+    ``kd_weight`` times the cross-modality distillation loss, and takes one optimizer step.
+    Variants are configuration: ``norm="shared"`` is joint training, ``kd_weight=0`` gives
+    separate norms without KD, a single modality gives single-modality training.
+
+    Args:
+        network: The segmentation network (``in_channels`` -> ``num_classes`` logits).
+        modalities: Modality names, in the fixed order used by every step.
+        num_classes: Number of classes, background included.
+        class_names: Class names ordered by id (for logging and reports).
+        norm: ``"modality"`` (modality-specific norm layers; plain norms of ``network`` are
+            converted) or ``"shared"`` (one set of norms for all modalities).
+        kd_weight: Weight of the distillation loss (0.5 in the paper).
+        kd_temperature: Softmax temperature of the class distributions (2 in the paper).
+        kd_absent_classes: ``"mask"`` or ``"uniform"`` (the authors' code), see
+            :class:`ummkd.losses.ModalityDistillationLoss`.
+        kd_sync: All-reduce the class statistics across DDP ranks (global-batch distributions).
+        seg_loss: ``"paper"`` (soft Dice + weighted CE) or ``"dicece"`` (MONAI DiceCELoss).
+        weight_decay: L2 weight decay applied to convolution/linear kernels only.
+        optimizer: Optimizer factory (default: Adam, lr 1e-3).
+        lr_scheduler: Scheduler factory, stepped every optimizer step (default: x0.95 / 1000).
+        spatial_mode: ``"2d"`` (slice-wise 2.5D inference) or ``"3d"`` (sliding window).
+        num_adjacent: 2D: slices stacked as channels.
+        roi_size: 3D: sliding-window size.
+        sw_overlap: 3D sliding-window overlap (inference option, not saved).
+        tta: Flip test-time augmentation (inference option, not saved).
+        inference_batch_size: Slices / windows per inference batch (inference option, not saved).
+        compile: Wrap the network with ``torch.compile``.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        modalities: list[str] | None = None,
+        num_classes: int = 5,
+        class_names: list[str] | None = None,
+        norm: Literal["modality", "shared"] = "modality",
+        kd_weight: float = 0.5,
+        kd_temperature: float = 2.0,
+        kd_absent_classes: Literal["mask", "uniform"] = "mask",
+        kd_sync: bool = True,
+        seg_loss: Literal["paper", "dicece"] = "paper",
+        weight_decay: float = 1e-4,
+        optimizer: OptimizerCallable = paper_adam,
+        lr_scheduler: LRSchedulerCallable | None = paper_step_decay,
+        spatial_mode: Literal["2d", "3d"] = "2d",
+        num_adjacent: int = 3,
+        roi_size: list[int] | None = None,
+        sw_overlap: float = 0.5,
+        tta: bool = False,
+        inference_batch_size: int = 16,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(
+            ignore=["sw_overlap", "tta", "inference_batch_size", "optimizer", "lr_scheduler"]
+        )
+        self.modalities = list(modalities or ["ct", "mr"])
+        self.class_names = list(class_names or [f"class_{i}" for i in range(num_classes)])
+        if len(self.class_names) != num_classes:
+            raise ValueError(
+                f"class_names has {len(self.class_names)} entries but num_classes={num_classes}"
+            )
+        has_modality_norm = any(isinstance(m, ModalityNorm) for m in network.modules())
+        if norm == "modality" and not has_modality_norm:
+            network = convert_to_modality_norm(network, self.modalities)
+        elif norm == "shared" and has_modality_norm:
+            raise ValueError(
+                "norm='shared' but the network already has modality-specific norms; build it "
+                "with `modalities: null` (or use norm='modality')."
+            )
+        self.network = network
+        self._forward_net: nn.Module = torch.compile(network) if compile else network
+        self.seg_loss = SegmentationLoss(kind=seg_loss, num_classes=num_classes)
+        self.kd_loss = ModalityDistillationLoss(
+            temperature=kd_temperature,
+            absent_classes=kd_absent_classes,
+            sync="auto" if kd_sync else False,
+        )
+        self.kd_weight = kd_weight
+        self.weight_decay = weight_decay
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.spatial_mode = spatial_mode
+        self.num_adjacent = num_adjacent
+        self.roi_size = list(roi_size) if roi_size else None
+        self.sw_overlap = sw_overlap
+        self.tta = tta
+        self.inference_batch_size = inference_batch_size
+        self.val_dice_best = MaxMetric()
+        self._eval_cases: list[dict[str, Any]] = []
+        self.last_test_summary: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ forward / inference
+    def forward(self, x: Tensor, modality: str) -> Tensor:
+        """Logits of ``x`` computed with the normalization layers of ``modality``."""
+        with use_modality(self.network, modality):
+            return self._forward_net(x)
+
+    @torch.no_grad()
+    def predict_volume(self, volume: Tensor, modality: str) -> Tensor:
+        """Class probabilities ``(C, H, W, D)`` of a preprocessed volume ``(1, H, W, D)``."""
+
+        def predictor(x: Tensor) -> Tensor:
+            return self(x, modality)
+
+        if self.spatial_mode == "2d":
+            return slicewise_predict(
+                volume,
+                predictor,
+                num_adjacent=self.num_adjacent,
+                batch_size=self.inference_batch_size,
+                tta=self.tta,
+            )
+        if not self.roi_size:
+            raise ValueError("3D inference needs `roi_size` (linked from data.patch_size)")
+        return sliding_window_predict(
+            volume,
+            predictor,
+            roi_size=self.roi_size,
+            overlap=self.sw_overlap,
+            sw_batch_size=max(1, self.inference_batch_size // 8),
+            tta=self.tta,
+        )
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: Mapping[str, Mapping[str, Tensor]], batch_idx: int) -> Tensor:
+        """One unpaired step: every modality forwarded with its own norms, one loss."""
+        logits: dict[str, Tensor] = {}
+        labels: dict[str, Tensor] = {}
+        total = torch.zeros((), device=self.device)
+        batch_size = 0
+        for m in self.modalities:
+            if m not in batch or batch[m] is None:
+                raise RuntimeError(f"training batch has no {m!r} samples (keys: {list(batch)})")
+            image, label = batch[m]["image"], batch[m]["label"]
+            logits[m] = self(image, m)
+            labels[m] = label
+            seg = self.seg_loss(logits[m], label)
+            self.log(f"train/seg_{m}", seg, batch_size=image.shape[0], prog_bar=True)
+            total = total + seg
+            batch_size += image.shape[0]
+        if self.kd_weight > 0 and len(self.modalities) > 1:
+            kd = self.kd_loss(logits, labels)
+            total = total + self.kd_weight * kd
+            self.log("train/kd", kd, batch_size=batch_size, prog_bar=True)
+        if not torch.isfinite(total):
+            raise FloatingPointError(
+                f"non-finite training loss at step {self.global_step} "
+                f"(per-modality logits finite: "
+                f"{ {m: bool(torch.isfinite(v).all()) for m, v in logits.items()} })"
+            )
+        self.log("train/loss", total, batch_size=batch_size)
+        return total
+
+    # ------------------------------------------------------------------ validation / test
+    def on_train_start(self) -> None:
+        """Reset the best-Dice tracker so the sanity check does not count."""
+        self.val_dice_best.reset()
+
+    def _evaluate_batch(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        modality = batch["modality"][0]
+        image = batch["image"][0]
+        label = batch["label"][0, 0]
+        probs = self.predict_volume(image, modality)
+        pred = probs.argmax(0)
+        spacing = affine_to_spacing(image.affine, r=3).tolist()
+        metrics = case_metrics(pred.cpu(), label.cpu(), spacing, self.class_names)
+        return {"id": batch["id"][0], "modality": modality, "metrics": metrics, "pred": pred}
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0):
+        """Segment one whole volume and record its per-class metrics."""
+        result = self._evaluate_batch(batch)
+        self._eval_cases.append({k: v for k, v in result.items() if k != "pred"})
+        return result
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0):
+        """Segment one whole test volume and record its per-class metrics."""
+        return self.validation_step(batch, batch_idx, dataloader_idx)
+
+    def _gather_summary(self) -> dict[str, Any]:
+        cases = self._eval_cases
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list[list[dict[str, Any]]] = [[] for _ in range(dist.get_world_size())]
+            dist.all_gather_object(gathered, cases)
+            cases = [c for part in gathered for c in part]
+        # DistributedSampler pads with repeated cases: keep each case once.
+        unique = {(c["modality"], c["id"]): c for c in cases}
+        ordered = sorted(
+            unique.values(), key=lambda c: (self.modalities.index(c["modality"]), c["id"])
+        )
+        self._eval_cases = []
+        return summarize_cases(ordered, self.class_names)
+
+    def _log_summary(self, summary: Mapping[str, Any], prefix: str) -> float | None:
+        dice_means = []
+        for m, stats in summary["modalities"].items():
+            dice = _finite(stats["mean"]["dice"])
+            dice_means.append(dice)
+            self.log(f"{prefix}/dice_{m}", dice)
+            self.log(f"{prefix}/assd_{m}", _finite(stats["mean"]["assd"]))
+            self.log(f"{prefix}/hd95_{m}", _finite(stats["mean"]["hd95"]))
+            for cls, values in stats["per_class"].items():
+                self.log(f"{prefix}/dice_{m}_{cls}", _finite(values["dice"]))
+        if not dice_means:
+            return None
+        mean_dice = sum(dice_means) / len(dice_means)
+        self.log(f"{prefix}/dice", mean_dice, prog_bar=True)
+        return mean_dice
+
+    def on_validation_epoch_end(self) -> None:
+        """Aggregate per-case metrics over ranks and log per-modality means and the best Dice."""
+        summary = self._gather_summary()
+        dice = self._log_summary(summary, "val")
+        if dice is None:
+            return
+        if not self.trainer.sanity_checking and math.isfinite(dice):
+            self.val_dice_best.update(torch.tensor(dice, device=self.device))
+        best = self.val_dice_best.compute() if self.val_dice_best.update_called else dice
+        self.log("val/dice_best", best, prog_bar=True)
+        self.last_val_summary = summary
+
+    def on_test_epoch_end(self) -> None:
+        """Aggregate per-case test metrics and keep the summary for the report writer."""
+        summary = self._gather_summary()
+        self._log_summary(summary, "test")
+        self.last_test_summary = summary
+
+    # ------------------------------------------------------------------ predict
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0):
+        """Class probabilities of one preprocessed image (inverted to input space by the writer)."""
+        modality = batch["modality"][0]
+        probs = self.predict_volume(batch["image"][0], modality)
+        return {"probs": probs, "image": batch["image"][0], "path": batch["path"][0]}
+
+    # ------------------------------------------------------------------ optimization
+    def configure_optimizers(self) -> Any:
+        """Optimizer with weight decay on convolution/linear kernels only, stepped schedule."""
+        decay, no_decay = [], []
+        for module in self.network.modules():
+            for name, param in module.named_parameters(recurse=False):
+                if not param.requires_grad:
+                    continue
+                is_kernel = name == "weight" and not isinstance(module, _NORM_TYPES)
+                (decay if is_kernel else no_decay).append(param)
+        groups = [
+            {"params": decay, "weight_decay": self.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        optimizer = self.optimizer_factory(groups)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+
+def _finite(value: float | None) -> float:
+    """Metric value for logging: NaN/None (no applicable class) logged as NaN explicitly."""
+    if value is None:
+        return math.nan
+    return float(value)
