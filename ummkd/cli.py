@@ -176,7 +176,6 @@ def main(args: Sequence[str] | None = None) -> None:
         trainer_defaults=_trainer_defaults(),
         save_config_callback=SaveConfigCallback,
         save_config_kwargs={"overwrite": False},
-        parser_kwargs={"parser_mode": "omegaconf"},
         auto_configure_optimizers=False,
     )
 
