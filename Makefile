@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e ".[dev]"
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv, install torch ($$TORCH_SPEC) then ummkd[dev] (idempotent)
+install: $(STAMP) ## Create .venv, install torch (TORCH_SPEC) then ummkd[dev] (idempotent)
 
 test: $(STAMP) ## Run the default test suite (not slow, not gpu)
 	$(BIN)/python -m pytest -q
@@ -37,3 +37,7 @@ lint: $(STAMP) ## ruff check + format check
 format: $(STAMP) ## Apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+demo: $(STAMP) ## Train + test the method on generated CT/MR phantoms (CPU, a few minutes)
+	$(BIN)/ummkd fit --config configs/demo.yaml
+	$(BIN)/ummkd test --config configs/demo.yaml --ckpt_path best

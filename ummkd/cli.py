@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ _DEFAULT_ROOT = "runs/default"
 def run_version(*, new: bool = False) -> str:
     """The run folder name, shared by all ranks of one launch (DDP children inherit it)."""
     if new or _RUN_VERSION_ENV not in os.environ:
-        os.environ[_RUN_VERSION_ENV] = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+        os.environ[_RUN_VERSION_ENV] = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     return os.environ[_RUN_VERSION_ENV]
 
 

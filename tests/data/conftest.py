@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -75,11 +74,6 @@ def make_tiny_dataset(root: Path, n: int = 3) -> Path:
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> Path:
     return make_tiny_dataset(tmp_path / "tiny")
-
-
-@pytest.fixture
-def nifti_writer() -> Callable[..., Path]:
-    return write_nifti
 
 
 @pytest.fixture(scope="session")
