@@ -40,4 +40,4 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 
 demo: $(STAMP) ## Train + test the method on generated CT/MR phantoms (CPU, a few minutes)
 	$(BIN)/ummkd fit --config configs/demo.yaml
-	$(BIN)/ummkd test --config configs/demo.yaml --ckpt_path best
+	$(BIN)/ummkd test --config configs/demo.yaml --ckpt_path best --verbose false

@@ -16,10 +16,11 @@ FAST = [
     "--data.num_workers=0",
     "--data.batch_size=2",
 ]
-TINY_2D = [
+TINY_2D = ["--data.patch_size=[48,48]"]
+# The paper's DilatedResNet2d at a tiny width (for configs that use it).
+TINY_DRN = [
     "--model.network.init_args.base_channels=2",
     "--model.network.init_args.head_channels=4",
-    "--data.patch_size=[48,48]",
 ]
 
 

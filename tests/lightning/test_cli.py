@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from tests.lightning.conftest import FAST, TINY_2D
+from tests.lightning.conftest import FAST, TINY_2D, TINY_DRN
 from ummkd.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -167,11 +167,12 @@ def test_print_config_round_trip(tiny_dataset: Path, tmp_path: Path, capsys) -> 
 def _config_cases() -> list[tuple[str, list[str]]]:
     abd = str(CONFIGS / "abdominal_2d" / "ummkd.yaml")
     cases = [("demo", ["--config", str(CONFIGS / "demo.yaml")])]
-    cases.append(("abdominal_2d/ummkd", ["--config", abd]))
+    cases.append(("abdominal_2d/ummkd", ["--config", abd, *TINY_DRN]))
     for variant in ("separate_norm", "joint", "single_ct", "single_mr"):
         overlay = str(CONFIGS / "abdominal_2d" / f"{variant}.yaml")
-        cases.append((f"abdominal_2d/{variant}", ["--config", abd, "--config", overlay]))
-    cases.append(("cardiac_2d/ummkd", ["--config", str(CONFIGS / "cardiac_2d" / "ummkd.yaml")]))
+        cases.append((f"abdominal_2d/{variant}", ["--config", abd, "--config", overlay, *TINY_DRN]))
+    cardiac = str(CONFIGS / "cardiac_2d" / "ummkd.yaml")
+    cases.append(("cardiac_2d/ummkd", ["--config", cardiac, *TINY_DRN]))
     for profile in ("cpu", "debug"):
         cases.append(
             (

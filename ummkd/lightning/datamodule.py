@@ -50,7 +50,11 @@ class SyntheticOptions:
 
 
 class _Repeated(Sequence):
-    """Index a dataset cyclically so that one epoch holds a chosen number of samples."""
+    """Index a dataset cyclically so that one epoch holds a chosen number of samples.
+
+    Every item is a shallow copy of the cached record with its epoch position added as
+    ``"sample_index"`` (collated into the training batches; used to check DDP sharding).
+    """
 
     def __init__(self, data: Sequence, length: int) -> None:
         self.data = data
@@ -62,15 +66,17 @@ class _Repeated(Sequence):
     def __getitem__(self, index: int) -> Any:  # type: ignore[override]
         if index >= self.length:
             raise IndexError(index)
-        return self.data[index % len(self.data)]
+        return {**self.data[index % len(self.data)], "sample_index": index}
 
 
 class UnpairedDataModule(pl.LightningDataModule):
     """Unpaired multi-modal data: one loader per modality, combined per training step.
 
     ``train_dataloader`` returns a :class:`CombinedLoader` in ``max_size_cycle`` mode whose batches
-    are ``{"ct": {"image", "label"}, "mr": {...}}`` (modalities in fixed order), so every step sees
-    one independent mini-batch of every modality. Validation and test loaders yield whole
+    are ``{"ct": {"image", "label", "sample_index", ...}, "mr": {...}}`` (modalities in fixed
+    order), so every step sees one independent mini-batch of every modality. ``batch_size`` is per
+    modality and per device: one optimizer step sees ``batch_size x world_size x len(modalities)``
+    samples (logged at ``setup("fit")``). Validation and test loaders yield whole
     preprocessed volumes (batch size 1), one loader per modality, tagged with ``"modality"`` and
     ``"id"``; the image carries its affine for surface metrics. ``predict_dataloader`` yields
     unlabeled images of ``predict_modality``.
@@ -192,6 +198,7 @@ class UnpairedDataModule(pl.LightningDataModule):
         if stage in ("fit", None):
             for m in self.modalities:
                 self._datasets["train"][m] = self._train_dataset(m)
+            rank_zero_info(f"[ummkd] {self.describe_global_batch()}")
         if stage in ("fit", "validate", None):
             for m in self.modalities:
                 self._datasets["val"][m] = self._eval_dataset(m, "val")
@@ -200,6 +207,49 @@ class UnpairedDataModule(pl.LightningDataModule):
                 self._datasets["test"][m] = self._eval_dataset(m, "test")
         if stage == "predict":
             self._predict_dataset = self._build_predict_dataset()
+
+    def global_batch_size(self) -> int:
+        """Training samples per optimizer step over all ranks and modalities.
+
+        ``batch_size x world_size x len(modalities) x accumulate_grad_batches`` (world size and
+        accumulation from the attached trainer, 1 without one).
+        """
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
+        return self.batch_size * world_size * len(self.modalities) * accumulate
+
+    def describe_global_batch(self) -> str:
+        """One line stating the effective global batch and how it is made up."""
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
+        parts = f"batch_size {self.batch_size} x {world_size} device(s) x "
+        parts += f"{len(self.modalities)} modalities ({', '.join(self.modalities)})"
+        if accumulate > 1:
+            parts += f" x {accumulate} accumulated batches"
+        return (
+            f"global batch: {self.global_batch_size()} samples per optimizer step = {parts}; "
+            f"per modality {self.batch_size * world_size * accumulate}"
+        )
+
+    def reseed(self, seed: int) -> None:
+        """Reseed the random training transforms (sampling and augmentation) of every modality.
+
+        :class:`~ummkd.lightning.module.UMMKDModule` calls this at the start of every training
+        epoch with a seed derived from the global seed, the epoch and the rank, so that an epoch's
+        samples do not depend on the random state left by earlier epochs and a run resumed from a
+        checkpoint draws the same samples as an uninterrupted one. This reaches the transforms of
+        this process, i.e. the samples of ``num_workers=0`` loaders; worker processes are seeded
+        by MONAI's ``worker_init_fn`` when they start.
+
+        Args:
+            seed: Base seed; modality ``i`` uses a seed derived from ``(seed, i)``.
+        """
+        for i, m in enumerate(self.modalities):
+            dataset = self._datasets["train"].get(m)
+            if dataset is None:
+                continue
+            state = np.random.SeedSequence([seed, i]).generate_state(1)[0]
+            dataset.transform.set_random_state(seed=int(state))
 
     def preprocessing(self, modality: str) -> ModalityPreprocessing:
         """Deterministic preprocessing settings of ``modality`` (CT window resolved)."""

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
+import random
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -30,7 +33,8 @@ def paper_step_decay(optimizer: torch.optim.Optimizer) -> torch.optim.lr_schedul
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1000, gamma=0.95)
 
 
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, ModalityNorm)
+_KERNEL_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
+"""Modules whose ``weight`` is a kernel (weight decay); every other parameter is not decayed."""
 
 
 class UMMKDModule(pl.LightningModule):
@@ -128,6 +132,7 @@ class UMMKDModule(pl.LightningModule):
         self.inference_batch_size = inference_batch_size
         self.val_dice_best = MaxMetric()
         self._eval_cases: list[dict[str, Any]] = []
+        self._restored_dice_best: float | None = None
         self.last_test_summary: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ forward / inference
@@ -169,6 +174,7 @@ class UMMKDModule(pl.LightningModule):
         labels: dict[str, Tensor] = {}
         total = torch.zeros((), device=self.device)
         batch_size = 0
+        terms: dict[str, Tensor] = {}
         for m in self.modalities:
             if m not in batch or batch[m] is None:
                 raise RuntimeError(f"training batch has no {m!r} samples (keys: {list(batch)})")
@@ -177,25 +183,101 @@ class UMMKDModule(pl.LightningModule):
             labels[m] = label
             seg = self.seg_loss(logits[m], label)
             self.log(f"train/seg_{m}", seg, batch_size=image.shape[0], prog_bar=True)
+            terms[f"seg_{m}"] = seg
             total = total + seg
             batch_size += image.shape[0]
         if self.kd_weight > 0 and len(self.modalities) > 1:
             kd = self.kd_loss(logits, labels)
+            terms["kd"] = kd
             total = total + self.kd_weight * kd
             self.log("train/kd", kd, batch_size=batch_size, prog_bar=True)
         if not torch.isfinite(total):
-            raise FloatingPointError(
-                f"non-finite training loss at step {self.global_step} "
-                f"(per-modality logits finite: "
-                f"{ {m: bool(torch.isfinite(v).all()) for m, v in logits.items()} })"
-            )
+            raise FloatingPointError(self._non_finite_message(batch, batch_idx, logits, terms))
         self.log("train/loss", total, batch_size=batch_size)
         return total
 
+    def _non_finite_message(
+        self,
+        batch: Mapping[str, Mapping[str, Tensor]],
+        batch_idx: int,
+        logits: Mapping[str, Tensor],
+        terms: Mapping[str, Tensor],
+    ) -> str:
+        """Say where a non-finite loss comes from: step, modality, loss term, inputs or logits."""
+
+        def bad(values: Mapping[str, Tensor]) -> list[str]:
+            return [k for k, v in values.items() if not bool(torch.isfinite(v).all())]
+
+        bad_inputs = bad({m: batch[m]["image"] for m in logits})
+        bad_logits = bad(logits)
+        bad_terms = bad(terms)
+        bad_modalities = [
+            m for m in logits if m in bad_inputs or m in bad_logits or f"seg_{m}" in bad_terms
+        ]
+        values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+        return (
+            f"non-finite training loss at step {self.global_step} (epoch {self.current_epoch}, "
+            f"batch {batch_idx}), modality {', '.join(bad_modalities) or 'none (KD term)'}: "
+            f"{values}; non-finite inputs: {bad_inputs or 'none'}; "
+            f"non-finite logits: {bad_logits or 'none'}"
+        )
+
+    def on_train_epoch_start(self) -> None:
+        """Reseed the epoch's randomness from ``(global seed, epoch, rank)``.
+
+        Lightning does not checkpoint random states, so without this a run resumed with
+        ``--ckpt_path`` would replay the random stream of the first epochs (augmentation, slice
+        sampling, shuffling, dropout). Only active when a global seed is set
+        (``seed_everything``, i.e. ``PL_GLOBAL_SEED``): reseeds Python, NumPy and torch and, when
+        the datamodule has a ``reseed(seed)`` method, its random training transforms.
+        """
+        base = os.environ.get("PL_GLOBAL_SEED")
+        if base is None:
+            return
+        entropy = [int(base) % 2**32, self.current_epoch, self.global_rank]
+        seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        reseed = getattr(getattr(self.trainer, "datamodule", None), "reseed", None)
+        if callable(reseed):
+            reseed(seed)
+
     # ------------------------------------------------------------------ validation / test
     def on_train_start(self) -> None:
-        """Reset the best-Dice tracker so the sanity check does not count."""
+        """Reset the best-Dice tracker so the sanity check does not count (keep a resumed best)."""
         self.val_dice_best.reset()
+        if self._restored_dice_best is not None:
+            self.val_dice_best.update(torch.tensor(self._restored_dice_best, device=self.device))
+            self._restored_dice_best = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to save non-finite weights; store the best validation Dice so far.
+
+        Raises:
+            FloatingPointError: if a floating-point tensor of the state dict has NaN/inf values
+                (the previous checkpoint files are left as they are).
+        """
+        state = {
+            k: v
+            for k, v in checkpoint.get("state_dict", {}).items()
+            if isinstance(v, Tensor) and v.is_floating_point()
+        }
+        if state:
+            finite = torch.stack([torch.isfinite(v).all() for v in state.values()]).tolist()
+            bad = [k for k, ok in zip(state, finite, strict=True) if not ok]
+            if bad:
+                raise FloatingPointError(
+                    f"refusing to save a checkpoint at step {self.global_step}: non-finite "
+                    f"values in {len(bad)} tensor(s), e.g. {bad[:3]}"
+                )
+        if self.val_dice_best.update_called:
+            checkpoint["ummkd_val_dice_best"] = float(self.val_dice_best.max_value)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the best validation Dice so far (logged as ``val/dice_best`` after resuming)."""
+        best = checkpoint.get("ummkd_val_dice_best")
+        self._restored_dice_best = float(best) if best is not None else None
 
     def _evaluate_batch(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         modality = batch["modality"][0]
@@ -280,7 +362,8 @@ class UMMKDModule(pl.LightningModule):
             for name, param in module.named_parameters(recurse=False):
                 if not param.requires_grad:
                     continue
-                is_kernel = name == "weight" and not isinstance(module, _NORM_TYPES)
+                # Norm affine parameters, biases, PReLU slopes, ... get no weight decay.
+                is_kernel = name == "weight" and isinstance(module, _KERNEL_TYPES)
                 (decay if is_kernel else no_decay).append(param)
         groups = [
             {"params": decay, "weight_decay": self.weight_decay},

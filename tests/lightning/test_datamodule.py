@@ -1,0 +1,206 @@
+"""Tests of `UnpairedDataModule` on the tiny synthetic dataset (no Trainer run)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from ummkd.data.dataset_spec import DatasetSpecError
+from ummkd.lightning.datamodule import UnpairedDataModule
+
+NUM_CLASSES = 5
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Small tensors: intra-op threads only cost time (and stall badly on shared CI cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _dm(root: Path, **kwargs) -> UnpairedDataModule:
+    options = {
+        "patch_size": [48, 48],
+        "batch_size": 2,
+        "steps_per_epoch": 2,
+        "num_workers": 0,
+        "check": "off",
+    }
+    options.update(kwargs)
+    return UnpairedDataModule(str(root), **options)
+
+
+def _first_train_batch(dm: UnpairedDataModule) -> dict:
+    dm.setup("fit")
+    batch, _, _ = next(iter(dm.train_dataloader()))
+    return batch
+
+
+def test_train_batch_structure_2d(tiny_dataset: Path) -> None:
+    dm = _dm(tiny_dataset, batch_size=3)
+    assert dm.num_classes == NUM_CLASSES and dm.in_channels == 3
+    batch = _first_train_batch(dm)
+    assert list(batch) == ["ct", "mr"]
+    for m, sample in batch.items():
+        image, label = sample["image"], sample["label"]
+        assert image.shape == (3, 3, 48, 48) and image.dtype == torch.float32
+        assert label.shape == (3, 1, 48, 48) and label.dtype == torch.long
+        assert int(label.min()) >= 0 and int(label.max()) < NUM_CLASSES
+        assert torch.isfinite(image).all()
+        assert sample["modality"] == [m] * 3
+        indices = sample["sample_index"].tolist()  # positions in the epoch: distinct
+        assert len(set(indices)) == 3 and all(0 <= i < 2 * 3 for i in indices)
+    # one epoch = steps_per_epoch batches (per modality, per device)
+    loaders = dm.train_dataloader().iterables
+    assert [len(loaders[m]) for m in ("ct", "mr")] == [dm.steps_per_epoch] * 2
+
+
+def test_train_batches_3d_patches(tiny_dataset: Path) -> None:
+    dm = _dm(tiny_dataset, mode="3d", patch_size=[32, 32, 8], batch_size=2)
+    assert dm.in_channels == 1
+    batch = _first_train_batch(dm)
+    for sample in batch.values():
+        assert sample["image"].shape == (2, 1, 32, 32, 8)
+        assert sample["image"].dtype == torch.float32
+        assert sample["label"].shape == (2, 1, 32, 32, 8)
+        assert sample["label"].dtype == torch.long
+        assert int(sample["label"].max()) < NUM_CLASSES
+
+
+def test_eval_batches_carry_modality_id_and_affine(tiny_dataset: Path) -> None:
+    dm = _dm(tiny_dataset)
+    dm.setup("fit")
+    dm.setup("test")
+    for split, loaders in (("val", dm.val_dataloader()), ("test", dm.test_dataloader())):
+        assert len(loaders) == 2
+        for modality, loader in zip(["ct", "mr"], loaders, strict=True):
+            batches = list(loader)
+            expected = [c.id for c in dm.spec.cases_for(modality, split)]
+            assert [b["id"][0] for b in batches] == expected
+            for b in batches:
+                assert b["modality"] == [modality]
+                image, label = b["image"], b["label"]
+                assert isinstance(image, MetaTensor) and image.ndim == 5
+                assert image.shape[:2] == (1, 1)
+                assert label.shape == image.shape
+                affine = image.affine
+                assert affine.shape[-2:] == (4, 4)
+                assert torch.linalg.det(affine.reshape(-1, 4, 4)[0, :3, :3]).abs() > 0
+
+
+def test_batch_size_is_per_modality(tiny_dataset: Path) -> None:
+    dm = _dm(tiny_dataset, batch_size=4)
+    batch = _first_train_batch(dm)
+    assert [len(batch[m]["image"]) for m in ("ct", "mr")] == [4, 4]
+    assert dm.global_batch_size() == 8
+    assert "global batch: 8 samples per optimizer step" in dm.describe_global_batch()
+
+
+def test_global_batch_is_logged_at_fit_setup(
+    tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    dm = _dm(tiny_dataset, batch_size=3)
+    dm.trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        accumulate_grad_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
+    with caplog.at_level(logging.INFO):
+        dm.setup("fit")
+    assert dm.global_batch_size() == 3 * 1 * 2 * 2
+    lines = [r.getMessage() for r in caplog.records if "global batch" in r.getMessage()]
+    assert lines and "12 samples per optimizer step" in lines[0]
+    assert "batch_size 3 x 1 device(s) x 2 modalities (ct, mr) x 2 accumulated" in lines[0]
+
+
+def test_single_modality(tiny_dataset: Path) -> None:
+    dm = _dm(tiny_dataset, modalities=["mr"])
+    batch = _first_train_batch(dm)
+    assert list(batch) == ["mr"]
+    assert len(dm.val_dataloader()) == 1
+    assert next(iter(dm.val_dataloader()[0]))["modality"] == ["mr"]
+
+
+def _copy_with_splits(src: Path, dst: Path, edit) -> Path:
+    shutil.copytree(src, dst)
+    splits = json.loads((dst / "splits.json").read_text())
+    edit(splits)
+    (dst / "splits.json").write_text(json.dumps(splits))
+    return dst
+
+
+def test_missing_split_is_a_clear_error(tiny_dataset: Path, tmp_path: Path) -> None:
+    def drop_mr_val(splits: dict) -> None:
+        splits["folds"][0]["val"] = [c for c in splits["folds"][0]["val"] if c.startswith("ct")]
+
+    root = _copy_with_splits(tiny_dataset, tmp_path / "no_mr_val", drop_mr_val)
+    dm = _dm(root)
+    with pytest.raises(ValueError, match=r"no 'mr' cases in split 'val' \(fold 0\)"):
+        dm.setup("fit")
+    # a fold that does not exist
+    with pytest.raises(DatasetSpecError, match="fold"):
+        _dm(root, fold=3).setup("fit")
+
+
+def test_disk_cache_gives_the_same_samples_as_memory(tiny_dataset: Path, tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    disk = _dm(tiny_dataset, cache="disk", cache_dir=str(cache_dir))
+    memory = _dm(tiny_dataset, cache="memory")
+    for dm in (disk, memory):
+        dm.setup("validate")
+    a = next(iter(disk.val_dataloader()[1]))
+    b = next(iter(memory.val_dataloader()[1]))
+    assert a["id"] == b["id"]
+    torch.testing.assert_close(a["image"].as_tensor(), b["image"].as_tensor())
+    assert torch.equal(a["label"].as_tensor(), b["label"].as_tensor())
+    assert list((cache_dir / "mr_val").glob("*.pt")), "disk cache files must be written"
+    # training batches from the disk cache
+    batch = _first_train_batch(disk)
+    assert batch["ct"]["image"].shape == (2, 3, 48, 48)
+    assert list((cache_dir / "ct_train").glob("*.pt"))
+
+
+def test_foreground_oversampling(tiny_dataset: Path) -> None:
+    dm = _dm(tiny_dataset, foreground_prob=1.0, batch_size=8, steps_per_epoch=2)
+    dm.setup("fit")
+    for batch, _, _ in dm.train_dataloader():
+        for sample in batch.values():
+            has_fg = (sample["label"] > 0).flatten(1).any(1)
+            assert has_fg.all(), f"slices without foreground: {sample['slice_index'].tolist()}"
+    # without oversampling some of the 12 slices per case are background only
+    dm0 = _dm(tiny_dataset, foreground_prob=0.0, batch_size=8, steps_per_epoch=4)
+    dm0.setup("fit")
+    fractions = [
+        float((s["label"] > 0).flatten(1).any(1).float().mean())
+        for batch, _, _ in dm0.train_dataloader()
+        for s in batch.values()
+    ]
+    assert min(fractions) < 1.0
+
+
+def test_reseed_makes_training_samples_reproducible(tiny_dataset: Path) -> None:
+    dm = _dm(tiny_dataset, foreground_prob=0.5)
+    dm.setup("fit")
+    draws = []
+    for _ in range(2):
+        dm.reseed(123)
+        torch.manual_seed(0)  # loader shuffling
+        batch, _, _ = next(iter(dm.train_dataloader()))
+        draws.append(batch)
+    for m in ("ct", "mr"):
+        assert torch.equal(draws[0][m]["slice_index"], draws[1][m]["slice_index"])
+        torch.testing.assert_close(draws[0][m]["image"], draws[1][m]["image"])
