@@ -28,7 +28,7 @@ from lightning.pytorch.cli import (
 )
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from ummkd.lightning.callbacks import NiftiPredictionWriter, ResultsReport
+from ummkd.lightning.callbacks import NiftiPredictionWriter, ResultsReport, ValidationImages
 from ummkd.lightning.datamodule import UnpairedDataModule
 from ummkd.lightning.module import UMMKDModule
 
@@ -146,6 +146,7 @@ def _trainer_defaults() -> dict[str, Any]:
             ),
             LearningRateMonitor(),
             ResultsReport(),
+            ValidationImages(),
         ],
     }
 

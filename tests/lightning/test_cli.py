@@ -244,3 +244,17 @@ def test_gpu_profile_runs_bf16_on_cpu(tiny_dataset: Path, tmp_path: Path) -> Non
 def test_bad_modality_is_a_clear_error(tiny_dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="modalities"):
         main(_fit_args(tiny_dataset, tmp_path, "--data.modalities=[ct,pet]"))
+
+
+def test_validation_images_and_kd_heatmaps_are_logged(trained_run: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = sorted(trained_run.rglob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+    tags: set[str] = set()
+    for path in events:
+        accumulator = EventAccumulator(str(path))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["images"])
+    for modality in ("ct", "mr"):
+        assert f"val_images/{modality}_1" in tags
+        assert f"kd_distributions/{modality}" in tags

@@ -122,6 +122,119 @@ def invert_to_input_space(probs: torch.Tensor, image: MetaTensor, datamodule: An
     return torch.as_tensor(inverted)
 
 
+def _figure_overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, title: str) -> Any:
+    """Image with ground-truth (left) and prediction (right) label overlays."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(6, 3.2))
+    for ax, mask, name in ((axes[0], label, "label"), (axes[1], pred, "prediction")):
+        ax.imshow(image.T, cmap="gray", origin="lower")
+        masked = np.ma.masked_where(mask.T == 0, mask.T)
+        ax.imshow(masked, cmap="tab10", alpha=0.45, origin="lower", vmin=0, vmax=9)
+        ax.set_title(f"{title} {name}", fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def _figure_heatmap(matrix: np.ndarray, class_names: Sequence[str], title: str) -> Any:
+    """Heatmap of a C x C class-distribution matrix (rows: ground-truth class)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 3.6))
+    im = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(class_names)), class_names, fontsize=7)
+    ax.set_xlabel("predicted class (softened mean)", fontsize=7)
+    ax.set_ylabel("ground-truth class", fontsize=7)
+    ax.set_title(title, fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def _log_figure(trainer: pl.Trainer, tag: str, figure: Any) -> None:
+    """Send a matplotlib figure to every logger that can take images."""
+    import matplotlib.pyplot as plt
+
+    for logger in trainer.loggers:
+        experiment = getattr(logger, "experiment", None)
+        if hasattr(experiment, "add_figure"):  # TensorBoard
+            experiment.add_figure(tag, figure, global_step=trainer.global_step, close=False)
+        elif hasattr(logger, "log_image"):  # W&B and others
+            figure.canvas.draw()
+            rgba = np.asarray(figure.canvas.buffer_rgba())
+            logger.log_image(key=tag, images=[rgba[..., :3]], step=trainer.global_step)
+    plt.close(figure)
+
+
+class ValidationImages(Callback):
+    """Log overlays of the first validation volumes and the KD class-distribution heatmaps.
+
+    For the first ``num_cases`` validation volumes of each modality, the axial slice with the most
+    foreground is shown with its label and prediction. After each validation, the per-modality
+    C x C class-distribution matrices of the last training batch (what the KD loss aligns) are
+    logged as heatmaps.
+
+    Args:
+        num_cases: Volumes per modality to show at each validation.
+    """
+
+    def __init__(self, num_cases: int = 2) -> None:
+        super().__init__()
+        self.num_cases = num_cases
+        self._shown: dict[str, int] = {}
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Reset the per-modality counters."""
+        self._shown = {}
+
+    @rank_zero_only
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Log the overlay of one validation volume."""
+        if trainer.sanity_checking or not trainer.loggers or not isinstance(outputs, dict):
+            return
+        modality = outputs["modality"]
+        if self._shown.get(modality, 0) >= self.num_cases:
+            return
+        self._shown[modality] = self._shown.get(modality, 0) + 1
+        image = batch["image"][0, 0].detach().cpu().float().numpy()
+        label = batch["label"][0, 0].detach().cpu().numpy()
+        pred = outputs["pred"].detach().cpu().numpy()
+        index = int(np.argmax((label > 0).reshape(-1, label.shape[-1]).sum(0)))
+        title = f"{modality} {outputs['id']} z={index}"
+        figure = _figure_overlay(image[..., index], label[..., index], pred[..., index], title)
+        _log_figure(trainer, f"val_images/{modality}_{self._shown[modality]}", figure)
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Log the KD class-distribution matrices of the last training batch."""
+        kd = getattr(pl_module, "kd_loss", None)
+        distributions = getattr(kd, "distributions", None)
+        if trainer.sanity_checking or not trainer.loggers or not distributions:
+            return
+        names = getattr(pl_module, "class_names", None)
+        for modality, dist in distributions.items():
+            matrix = dist.probs.detach().cpu().float().numpy()
+            labels = names or [str(i) for i in range(matrix.shape[0])]
+            figure = _figure_heatmap(matrix, labels, f"KD class distributions: {modality}")
+            _log_figure(trainer, f"kd_distributions/{modality}", figure)
+
+
 class ResultsReport(Callback):
     """Print the per-modality result table after fit (validation) and test; write test reports.
 
