@@ -10,7 +10,7 @@ STAMP := $(VENV)/.install-stamp
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format demo
+.PHONY: help install test test-all lint format demo sweep-dry-run
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -41,3 +41,6 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 demo: $(STAMP) ## Train + test the method on generated CT/MR phantoms (CPU, a few minutes)
 	$(BIN)/ummkd fit --config configs/demo.yaml
 	$(BIN)/ummkd test --config configs/demo.yaml --ckpt_path best --verbose false
+
+sweep-dry-run: $(STAMP) ## Render + parse 3 sampled commands of each sweep file (no training)
+	for f in configs/sweeps/*.yaml; do $(BIN)/ummkd sweep-dry-run $$f --count 3 || exit 1; done

@@ -8,10 +8,12 @@ Examples::
         --data.predict_images 'scans/*.nii.gz' --data.predict_modality mr --output preds/
     ummkd data check data/abdominal
     ummkd evaluate --pred preds/ --ref labels/
+    ummkd sweep-dry-run configs/sweeps/kd_lr.yaml --count 3
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import time
@@ -21,17 +23,20 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
-from lightning.pytorch.cli import (
-    LightningArgumentParser,
-    LightningCLI,
-    SaveConfigCallback,
-)
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ummkd.lightning.callbacks import NiftiPredictionWriter, ResultsReport, ValidationImages
 from ummkd.lightning.datamodule import UnpairedDataModule
 from ummkd.lightning.module import UMMKDModule
+from ummkd.lightning.wandb import WandbSaveConfigCallback, bind_run_dir
 
+# Subcommands outside LightningCLI: name -> module with ``main(argv) -> int`` (exit code).
+_PLAIN_COMMANDS = {
+    "data": "ummkd.data.commands",
+    "evaluate": "ummkd.evaluation.commands",
+    "sweep-dry-run": "ummkd.sweeps",
+}
 _RUN_VERSION_ENV = "UMMKD_RUN_VERSION"
 _DEFAULT_ROOT = "runs/default"
 
@@ -92,13 +97,15 @@ class UMMKDCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         """Default loggers (TensorBoard + CSV) share one run folder below ``default_root_dir``."""
         trainer_cfg = self._get(self.config_init, "trainer", default={})
+        root = trainer_cfg.get("default_root_dir") or _DEFAULT_ROOT
         if trainer_cfg.get("logger") in (None, True) and "logger" not in kwargs:
-            root = trainer_cfg.get("default_root_dir") or _DEFAULT_ROOT
             version = run_version()
             kwargs["logger"] = [
                 TensorBoardLogger(root, name="", version=version),
                 CSVLogger(root, name="", version=version),
             ]
+        # A W&B logger (WandbRunLogger) without save_dir gets the same per-run folder.
+        bind_run_dir(kwargs.get("logger", trainer_cfg.get("logger")), Path(root) / run_version())
         if trainer_cfg.get("enable_progress_bar") is not False:
             self.trainer_defaults["callbacks"] = [
                 *self.trainer_defaults.get("callbacks", []),
@@ -154,17 +161,9 @@ def _trainer_defaults() -> dict[str, Any]:
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of the ``ummkd`` console script (returns None; exits non-zero on errors)."""
     argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] == "data":
-        from ummkd.data.commands import main as data_main
-
-        code = data_main(argv[1:])
-        if code:
-            raise SystemExit(code)
-        return
-    if argv and argv[0] == "evaluate":
-        from ummkd.evaluation.commands import main as evaluate_main
-
-        code = evaluate_main(argv[1:])
+    if argv and argv[0] in _PLAIN_COMMANDS:
+        command = importlib.import_module(_PLAIN_COMMANDS[argv[0]])
+        code = command.main(argv[1:])
         if code:
             raise SystemExit(code)
         return
@@ -176,7 +175,7 @@ def main(args: Sequence[str] | None = None) -> None:
         UnpairedDataModule,
         args=None if args is None else argv,
         trainer_defaults=_trainer_defaults(),
-        save_config_callback=SaveConfigCallback,
+        save_config_callback=WandbSaveConfigCallback,
         save_config_kwargs={"overwrite": False},
         auto_configure_optimizers=False,
     )

@@ -541,7 +541,7 @@ def resolve_cli_config(args: Sequence[str]) -> tuple[dict[str, Any] | None, str]
         else:
             os.environ["UMMKD_RUN_VERSION"] = saved_version
     if code not in (0, None):
-        return None, err.getvalue().strip() or out.getvalue().strip() or f"exit code {code}"
+        return None, _cli_error(err.getvalue() or out.getvalue()) or f"exit code {code}"
     try:
         config = yaml.safe_load(out.getvalue())
     except yaml.YAMLError as exc:
@@ -549,6 +549,13 @@ def resolve_cli_config(args: Sequence[str]) -> tuple[dict[str, Any] | None, str]
     if not isinstance(config, dict):
         return None, "the CLI printed no config (is the first argument a subcommand like fit?)"
     return config, ""
+
+
+def _cli_error(text: str) -> str:
+    """The CLI's error message without the usage text and warnings printed before it."""
+    lines = text.strip().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("error:")]
+    return "\n".join(lines[starts[0] :] if starts else lines[-20:])
 
 
 def _lookup(config: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
@@ -657,9 +664,9 @@ def _modalities(config: Mapping[str, Any]) -> list[str] | None:
         return [str(m) for m in data["modalities"]]
     root = data.get("root")
     if root and Path(root).is_dir():
-        from ummkd.data.dataset_spec import DatasetSpecError, load_dataset
+        from ummkd.data.dataset_spec import load_dataset
 
-        with contextlib.suppress(DatasetSpecError):
+        with contextlib.suppress(ValueError, OSError):  # unreadable: check the name's form only
             return load_dataset(root).modality_names
     return None
 
@@ -763,7 +770,10 @@ def dry_run(path: str | os.PathLike[str], count: int = 3, seed: int = 0) -> int:
     try:
         sweep = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
-        print(f"error: cannot read {path}: {exc}", file=sys.stderr)
+        hint = ""
+        if isinstance(exc, yaml.YAMLError) and "${" in Path(path).read_text():
+            hint = "\nhint: in a [flow, list] quote the macros ('${env}') or use a block list"
+        print(f"error: cannot read {path}: {exc}{hint}", file=sys.stderr)
         return 1
     params, errors, warnings = check_sweep(sweep)
     for message in warnings:
@@ -796,7 +806,8 @@ def dry_run(path: str | os.PathLike[str], count: int = 3, seed: int = 0) -> int:
                 print("  warning: the subcommand is not `fit`", file=sys.stderr)
             config, error = resolve_cli_config(args)
             if config is None:
-                problems.append(f"the ummkd CLI rejects this command:\n{error}")
+                indented = "\n".join(f"    {line}" for line in error.splitlines())
+                problems.append(f"the ummkd CLI rejects this command:\n{indented}")
             else:
                 sub = config
                 problems += check_values_applied(sub, values)

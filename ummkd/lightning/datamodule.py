@@ -14,10 +14,12 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import nibabel as nib
 import numpy as np
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 from monai.transforms import Compose
+from torch.utils.data import Sampler
 
 from ummkd.data.dataset_spec import Case, DatasetSpec, check_dataset, load_dataset
 from ummkd.data.synthetic import make_synthetic_dataset
@@ -67,6 +69,30 @@ class _Repeated(Sequence):
         if index >= self.length:
             raise IndexError(index)
         return {**self.data[index % len(self.data)], "sample_index": index}
+
+
+class _EpochShuffleSampler(Sampler[int]):
+    """A random permutation that is a function of ``(seed, epoch)`` only.
+
+    Lightning calls :meth:`set_epoch` at every epoch start (as for its ``DistributedSampler``), so
+    an epoch's order does not depend on the global random state, which checkpoints do not hold.
+    """
+
+    def __init__(self, length: int, seed: int) -> None:
+        self.length = length
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Any:
+        state = np.random.SeedSequence([self.seed, self.epoch]).generate_state(2)
+        generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        return iter(torch.randperm(self.length, generator=generator).tolist())
 
 
 class UnpairedDataModule(pl.LightningDataModule):
@@ -339,22 +365,62 @@ class UnpairedDataModule(pl.LightningDataModule):
         return self._predict_transform
 
     # ------------------------------------------------------------------ loaders
-    def _loader(self, dataset: Dataset, *, shuffle: bool, batch_size: int) -> DataLoader:
+    def _loader(
+        self,
+        dataset: Dataset,
+        *,
+        shuffle: bool,
+        batch_size: int,
+        sampler: Sampler | None = None,
+        generator: torch.Generator | None = None,
+    ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            generator=generator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             drop_last=shuffle,
         )
 
+    def _train_sampling(
+        self, dataset: Dataset, index: int
+    ) -> tuple[Sampler | None, torch.Generator]:
+        """Shuffling of one training loader that does not depend on the global random state.
+
+        With a global seed (``seed_everything``), a single process shuffles with a sampler seeded
+        by ``(seed, modality, epoch)``; under DDP Lightning injects a ``DistributedSampler``
+        (seeded by the global seed and the epoch). The loader gets its own generator, so creating
+        its iterator (which draws the workers' base seed) does not consume the global random
+        stream (dropout) either: an epoch's randomness is then independent of when Lightning
+        creates the iterator, which differs between a resumed and an uninterrupted run.
+        """
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        if seed is None:
+            generator_seed = int(torch.empty((), dtype=torch.int64).random_().item())
+            return None, torch.Generator().manual_seed(generator_seed)
+        loader_seed = int(seed) % 2**32 + 7919 * index
+        generator = torch.Generator().manual_seed(loader_seed)
+        if world_size > 1:
+            return None, generator
+        return _EpochShuffleSampler(len(dataset), seed=loader_seed), generator
+
     def train_dataloader(self) -> CombinedLoader:
         """One shuffled loader per modality, combined in ``max_size_cycle`` mode."""
-        loaders = {
-            m: self._loader(self._datasets["train"][m], shuffle=True, batch_size=self.batch_size)
-            for m in self.modalities
-        }
+        loaders = {}
+        for i, m in enumerate(self.modalities):
+            dataset = self._datasets["train"][m]
+            sampler, generator = self._train_sampling(dataset, i)
+            loaders[m] = self._loader(
+                dataset,
+                shuffle=True,
+                batch_size=self.batch_size,
+                sampler=sampler,
+                generator=generator,
+            )
         return CombinedLoader(loaders, mode="max_size_cycle")
 
     def _eval_loaders(self, split: str) -> list[DataLoader]:

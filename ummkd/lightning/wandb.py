@@ -230,14 +230,19 @@ class WandbSaveConfigCallback(SaveConfigCallback):
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         if not loggers:
             return
-        text = self.parser.dump(self.config, skip_none=False)
+        # Same content as config.yaml; None values kept (third argument: skip_none before
+        # jsonargparse 4.49, skip_unset since; positional to work with both).
+        text = self.parser.dump(self.config, "parser_mode", False)
         flat = flatten_config(yaml.safe_load(text))
         for logger in loggers:
             run = logger.experiment
             values = dict(flat)
             if logger.save_dir is not None:
                 values["run_dir"] = str(Path(logger.save_dir).resolve())
-            run.config.update(values, allow_val_change=True)
+            # In a sweep the agent's parameters are already there (locked, same values): leave
+            # them, so W&B only warns about a locked key when a value really differs.
+            changed = {k: v for k, v in values.items() if k not in run.config or run.config[k] != v}
+            run.config.update(changed, allow_val_change=True)
             Path(run.dir, CONFIG_FILENAME).write_text(text)
 
 
