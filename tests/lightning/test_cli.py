@@ -168,7 +168,7 @@ def _config_cases() -> list[tuple[str, list[str]]]:
     abd = str(CONFIGS / "abdominal_2d" / "ummkd.yaml")
     cases = [("demo", ["--config", str(CONFIGS / "demo.yaml")])]
     cases.append(("abdominal_2d/ummkd", ["--config", abd, *TINY_DRN]))
-    for variant in ("separate_norm", "joint", "single_ct", "single_mr"):
+    for variant in ("separate_norm", "joint", "single_ct", "single_mr", "x_shape", "y_shape"):
         overlay = str(CONFIGS / "abdominal_2d" / f"{variant}.yaml")
         cases.append((f"abdominal_2d/{variant}", ["--config", abd, "--config", overlay, *TINY_DRN]))
     cardiac = str(CONFIGS / "cardiac_2d" / "ummkd.yaml")

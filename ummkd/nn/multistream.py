@@ -61,6 +61,7 @@ class MultiStreamNet(nn.Module):
         encoder_groups: number of leading modality-specific groups (at least 1).
         decoder_groups: number of trailing modality-specific groups.
         modality_norm_in_shared: use modality-specific norms in the shared groups.
+        head_channels: channels after the x8 pixel shuffle (``None``: ``8 * out_channels``).
 
     Raises:
         ValueError: if the split leaves no shared group or ``encoder_groups < 1``.
@@ -77,6 +78,7 @@ class MultiStreamNet(nn.Module):
         encoder_groups: int = 3,
         decoder_groups: int = 0,
         modality_norm_in_shared: bool = False,
+        head_channels: int | None = None,
     ) -> None:
         super().__init__()
         if encoder_groups < 1 or decoder_groups < 0:
@@ -96,7 +98,14 @@ class MultiStreamNet(nn.Module):
 
         def build(names: Sequence[str], norm_modalities: Sequence[str] | None) -> nn.Sequential:
             groups = dilated_resnet2d_groups(
-                in_channels, out_channels, base_channels, dropout, norm, norm_modalities, names
+                in_channels,
+                out_channels,
+                base_channels,
+                dropout,
+                norm,
+                norm_modalities,
+                names,
+                head_channels=head_channels,
             )
             return nn.Sequential(OrderedDict(groups))
 
@@ -137,6 +146,7 @@ class YShapeNet(MultiStreamNet):
         norm: ``"batch"``, ``"instance"`` or ``"group"``.
         encoder_groups: number of modality-specific leading groups.
         modality_norm_in_shared: use modality-specific norms in the shared groups.
+        head_channels: channels after the x8 pixel shuffle (``None``: ``8 * out_channels``).
     """
 
     def __init__(
@@ -149,6 +159,7 @@ class YShapeNet(MultiStreamNet):
         norm: Literal["batch", "instance", "group"] = "batch",
         encoder_groups: int = 3,
         modality_norm_in_shared: bool = False,
+        head_channels: int | None = None,
     ) -> None:
         super().__init__(
             in_channels,
@@ -160,6 +171,7 @@ class YShapeNet(MultiStreamNet):
             encoder_groups=encoder_groups,
             decoder_groups=0,
             modality_norm_in_shared=modality_norm_in_shared,
+            head_channels=head_channels,
         )
 
 
@@ -176,6 +188,7 @@ class XShapeNet(MultiStreamNet):
         encoder_groups: number of modality-specific leading groups.
         decoder_groups: number of modality-specific trailing groups.
         modality_norm_in_shared: use modality-specific norms in the shared groups.
+        head_channels: channels after the x8 pixel shuffle (``None``: ``8 * out_channels``).
     """
 
     def __init__(
@@ -189,6 +202,7 @@ class XShapeNet(MultiStreamNet):
         encoder_groups: int = 3,
         decoder_groups: int = 2,
         modality_norm_in_shared: bool = False,
+        head_channels: int | None = None,
     ) -> None:
         super().__init__(
             in_channels,
@@ -200,4 +214,5 @@ class XShapeNet(MultiStreamNet):
             encoder_groups=encoder_groups,
             decoder_groups=decoder_groups,
             modality_norm_in_shared=modality_norm_in_shared,
+            head_channels=head_channels,
         )
