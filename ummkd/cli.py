@@ -149,8 +149,11 @@ def _trainer_defaults() -> dict[str, Any]:
                 mode="max",
                 filename="best-epoch{epoch:03d}-dice{val/dice_best:.4f}",
                 auto_insert_metric_name=False,
-                save_last=True,
+                save_last=False,
             ),
+            # No monitor: rewritten after every epoch, so `--ckpt_path last` resumes the latest
+            # state (a monitored callback only refreshes last.ckpt when the metric improves).
+            ModelCheckpoint(filename="last", enable_version_counter=False),
             LearningRateMonitor(),
             ResultsReport(),
             ValidationImages(),
@@ -168,8 +171,12 @@ def main(args: Sequence[str] | None = None) -> None:
             raise SystemExit(code)
         return
     # A new run folder per invocation, except in DDP worker processes started by Lightning,
-    # which inherit the launcher's (they have LOCAL_RANK set).
-    run_version(new="LOCAL_RANK" not in os.environ)
+    # which inherit the launcher's (LOCAL_RANK set), and under SLURM (SLURM_PROCID set),
+    # where every task and every requeue of one job shares the name.
+    launched = "LOCAL_RANK" in os.environ or "SLURM_PROCID" in os.environ
+    if "SLURM_JOB_ID" in os.environ and _RUN_VERSION_ENV not in os.environ:
+        os.environ[_RUN_VERSION_ENV] = f"slurm-{os.environ['SLURM_JOB_ID']}"
+    run_version(new=not launched)
     UMMKDCLI(
         UMMKDModule,
         UnpairedDataModule,

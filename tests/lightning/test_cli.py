@@ -171,6 +171,8 @@ def _config_cases() -> list[tuple[str, list[str]]]:
     for variant in ("separate_norm", "joint", "single_ct", "single_mr", "x_shape", "y_shape"):
         overlay = str(CONFIGS / "abdominal_2d" / f"{variant}.yaml")
         cases.append((f"abdominal_2d/{variant}", ["--config", abd, "--config", overlay, *TINY_DRN]))
+    cpu_scale = str(CONFIGS / "abdominal_2d" / "cpu.yaml")
+    cases.append(("abdominal_2d/cpu", ["--config", abd, "--config", cpu_scale]))
     cardiac = str(CONFIGS / "cardiac_2d" / "ummkd.yaml")
     cases.append(("cardiac_2d/ummkd", ["--config", cardiac, *TINY_DRN]))
     for profile in ("cpu", "debug"):

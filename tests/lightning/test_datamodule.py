@@ -167,11 +167,11 @@ def test_disk_cache_gives_the_same_samples_as_memory(tiny_dataset: Path, tmp_pat
     assert a["id"] == b["id"]
     torch.testing.assert_close(a["image"].as_tensor(), b["image"].as_tensor())
     assert torch.equal(a["label"].as_tensor(), b["label"].as_tensor())
-    assert list((cache_dir / "mr_val").glob("*.pt")), "disk cache files must be written"
+    assert list(cache_dir.glob("mr_val-*/*.pt")), "disk cache files must be written"
     # training batches from the disk cache
     batch = _first_train_batch(disk)
     assert batch["ct"]["image"].shape == (2, 3, 48, 48)
-    assert list((cache_dir / "ct_train").glob("*.pt"))
+    assert list(cache_dir.glob("ct_train-*/*.pt"))
 
 
 def test_foreground_oversampling(tiny_dataset: Path) -> None:
@@ -204,3 +204,15 @@ def test_reseed_makes_training_samples_reproducible(tiny_dataset: Path) -> None:
     for m in ("ct", "mr"):
         assert torch.equal(draws[0][m]["slice_index"], draws[1][m]["slice_index"])
         torch.testing.assert_close(draws[0][m]["image"], draws[1][m]["image"])
+
+
+def test_disk_cache_is_keyed_by_the_preprocessing(tiny_dataset: Path, tmp_path: Path) -> None:
+    """A shared cache_dir must not serve volumes preprocessed with other settings."""
+    cache_dir = str(tmp_path / "cache")
+    native = _dm(tiny_dataset, cache="disk", cache_dir=cache_dir)
+    coarse = _dm(tiny_dataset, cache="disk", cache_dir=cache_dir, spacing=[3.0, 3.0, 5.0])
+    shapes = []
+    for dm in (native, coarse, native):
+        dm.setup("validate")
+        shapes.append(tuple(next(iter(dm.val_dataloader()[0]))["image"].shape))
+    assert shapes[0] != shapes[1] and shapes[0] == shapes[2]

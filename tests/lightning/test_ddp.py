@@ -57,7 +57,8 @@ def ddp_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_config(path: Path, root: Path, run_dir: Path, **data: Any) -> Path:
     """A complete CLI config of its own (independent of configs/demo.yaml's network choice):
-    the paper's DilatedResNet2d at width 2 with per-modality norms, augmentation and dropout on."""
+    the paper's DilatedResNet2d at width 2 with per-modality norms, augmentation and dropout on.
+    """
     config = {
         "seed_everything": 0,
         "trainer": {

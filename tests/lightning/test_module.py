@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from monai.networks.nets import BasicUNet
@@ -247,6 +248,12 @@ def test_best_dice_survives_a_checkpoint_round_trip() -> None:
     fresh = _module()
     fresh.on_train_start()
     assert not fresh.val_dice_best.update_called
+    # weights loaded for fine-tuning (fit without ckpt_path): the old best does not carry over
+    finetune = _module()
+    finetune.on_load_checkpoint(checkpoint)
+    finetune.trainer = pl.Trainer(logger=False, enable_checkpointing=False, barebones=True)
+    finetune.on_train_start()
+    assert not finetune.val_dice_best.update_called
 
 
 # ---------------------------------------------------------------------------- evaluation

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -124,7 +127,8 @@ class UnpairedDataModule(pl.LightningDataModule):
         augmentation: Random augmentation (``None`` disables it).
         cache: ``"memory"`` (CacheDataset), ``"disk"`` (PersistentDataset in ``cache_dir``) or
             ``"none"`` for the deterministic preprocessing.
-        cache_dir: Directory of the disk cache (default ``<root>/.cache``).
+        cache_dir: Directory of the disk cache (default ``<root>/.cache``), one folder per
+            modality, split and preprocessing setting; may be shared by the ranks of a DDP job.
         num_workers: Loader workers per modality loader.
         val_max_cases: Validate on at most this many cases per modality (``None``: all).
         predict_images: Glob pattern(s) or paths of images to predict.
@@ -304,14 +308,28 @@ class UnpairedDataModule(pl.LightningDataModule):
             )
         return [_record(c) for c in cases]
 
-    def _cached(self, records: list[dict[str, Any]], transform: Compose, tag: str) -> Dataset:
+    def _cached(
+        self, records: list[dict[str, Any]], transform: Compose, modality: str, split: str
+    ) -> Dataset:
         if self.cache == "memory":
             return CacheDataset(
                 records, transform, cache_rate=1.0, num_workers=None, progress=False
             )
         if self.cache == "disk":
-            return PersistentDataset(records, transform, cache_dir=self.cache_dir / tag)
+            # PersistentDataset keys its files by the record only, so the folder name carries
+            # the preprocessing: a shared cache_dir never serves volumes made with other settings.
+            folder = f"{modality}_{split}-{self._preprocessing_digest(modality)}"
+            return PersistentDataset(records, transform, cache_dir=self.cache_dir / folder)
         return Dataset(records, transform)
+
+    def _preprocessing_digest(self, modality: str) -> str:
+        settings = {
+            "preprocessing": dataclasses.asdict(self.preprocessing(modality)),
+            "orientation": self.orientation,
+            "spacing": self.spacing,
+        }
+        text = json.dumps(settings, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def _deterministic(self, modality: str) -> Compose:
         return deterministic_transforms(
@@ -320,7 +338,7 @@ class UnpairedDataModule(pl.LightningDataModule):
 
     def _train_dataset(self, modality: str) -> Dataset:
         cached = self._cached(
-            self._records(modality, "train"), self._deterministic(modality), f"{modality}_train"
+            self._records(modality, "train"), self._deterministic(modality), modality, "train"
         )
         world_size = self.trainer.world_size if self.trainer is not None else 1
         length = self.steps_per_epoch * self.batch_size * world_size
@@ -335,7 +353,7 @@ class UnpairedDataModule(pl.LightningDataModule):
 
     def _eval_dataset(self, modality: str, split: str) -> Dataset:
         return self._cached(
-            self._records(modality, split), self._deterministic(modality), f"{modality}_{split}"
+            self._records(modality, split), self._deterministic(modality), modality, split
         )
 
     def _build_predict_dataset(self) -> Dataset:

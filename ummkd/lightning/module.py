@@ -247,9 +247,10 @@ class UMMKDModule(pl.LightningModule):
     def on_train_start(self) -> None:
         """Reset the best-Dice tracker so the sanity check does not count (keep a resumed best)."""
         self.val_dice_best.reset()
-        if self._restored_dice_best is not None:
-            self.val_dice_best.update(torch.tensor(self._restored_dice_best, device=self.device))
-            self._restored_dice_best = None
+        restored, self._restored_dice_best = self._restored_dice_best, None
+        resuming = self._trainer is None or self.trainer.ckpt_path is not None
+        if restored is not None and resuming:  # not when fine-tuning from loaded weights
+            self.val_dice_best.update(torch.tensor(restored, device=self.device))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to save non-finite weights; store the best validation Dice so far.
@@ -318,15 +319,15 @@ class UMMKDModule(pl.LightningModule):
         for m, stats in summary["modalities"].items():
             dice = _finite(stats["mean"]["dice"])
             dice_means.append(dice)
-            self.log(f"{prefix}/dice_{m}", dice)
-            self.log(f"{prefix}/assd_{m}", _finite(stats["mean"]["assd"]))
-            self.log(f"{prefix}/hd95_{m}", _finite(stats["mean"]["hd95"]))
+            self.log(f"{prefix}/dice_{m}", dice, sync_dist=True)
+            self.log(f"{prefix}/assd_{m}", _finite(stats["mean"]["assd"]), sync_dist=True)
+            self.log(f"{prefix}/hd95_{m}", _finite(stats["mean"]["hd95"]), sync_dist=True)
             for cls, values in stats["per_class"].items():
-                self.log(f"{prefix}/dice_{m}_{cls}", _finite(values["dice"]))
+                self.log(f"{prefix}/dice_{m}_{cls}", _finite(values["dice"]), sync_dist=True)
         if not dice_means:
             return None
         mean_dice = sum(dice_means) / len(dice_means)
-        self.log(f"{prefix}/dice", mean_dice, prog_bar=True)
+        self.log(f"{prefix}/dice", mean_dice, prog_bar=True, sync_dist=True)
         return mean_dice
 
     def on_validation_epoch_end(self) -> None:
@@ -338,7 +339,7 @@ class UMMKDModule(pl.LightningModule):
         if not self.trainer.sanity_checking and math.isfinite(dice):
             self.val_dice_best.update(torch.tensor(dice, device=self.device))
         best = self.val_dice_best.compute() if self.val_dice_best.update_called else dice
-        self.log("val/dice_best", best, prog_bar=True)
+        self.log("val/dice_best", best, prog_bar=True, sync_dist=True)
         self.last_val_summary = summary
 
     def on_test_epoch_end(self) -> None:
