@@ -216,3 +216,27 @@ def test_disk_cache_is_keyed_by_the_preprocessing(tiny_dataset: Path, tmp_path: 
         dm.setup("validate")
         shapes.append(tuple(next(iter(dm.val_dataloader()[0]))["image"].shape))
     assert shapes[0] != shapes[1] and shapes[0] == shapes[2]
+
+
+def test_augmentation_can_differ_per_modality(tiny_dataset: Path) -> None:
+    from ummkd.data.transforms import AugmentationConfig
+
+    strong = AugmentationConfig(noise_std=0.5, intensity_prob=1.0, affine_prob=0.0)
+    dm = UnpairedDataModule(
+        root=str(tiny_dataset),
+        patch_size=[48, 48],
+        batch_size=2,
+        steps_per_epoch=1,
+        num_workers=0,
+        augmentation=None,
+        modality_augmentation={"mr": strong},
+        check="off",
+    )
+    dm.setup("fit")
+    names = {
+        m: [type(t).__name__ for t in dm._datasets["train"][m].transform.transforms]
+        for m in ("ct", "mr")
+    }
+    assert "RandGaussianNoised" in names["mr"] and "RandGaussianNoised" not in names["ct"]
+    with pytest.raises(ValueError, match="modality_augmentation"):
+        UnpairedDataModule(root=str(tiny_dataset), modality_augmentation={"pet": strong})

@@ -124,7 +124,9 @@ class UnpairedDataModule(pl.LightningDataModule):
         orientation: Reorient to these axis codes (e.g. ``"RAS"``); ``None`` keeps arrays as stored.
         spacing: Resample to this spacing (mm); ``None`` keeps the native spacing.
         foreground_prob: Probability of sampling a slice/patch that contains foreground.
-        augmentation: Random augmentation (``None`` disables it).
+        augmentation: Random augmentation of every modality (``None`` disables it).
+        modality_augmentation: Per-modality overrides of ``augmentation`` (e.g. stronger
+            intensity jitter for MR); a modality listed here with ``null`` gets none.
         cache: ``"memory"`` (CacheDataset), ``"disk"`` (PersistentDataset in ``cache_dir``) or
             ``"none"`` for the deterministic preprocessing.
         cache_dir: Directory of the disk cache (default ``<root>/.cache``), one folder per
@@ -152,6 +154,7 @@ class UnpairedDataModule(pl.LightningDataModule):
         spacing: list[float] | None = None,
         foreground_prob: float = 0.67,
         augmentation: AugmentationConfig | None = None,
+        modality_augmentation: dict[str, AugmentationConfig | None] | None = None,
         cache: Literal["memory", "disk", "none"] = "memory",
         cache_dir: str | None = None,
         num_workers: int = 2,
@@ -173,6 +176,7 @@ class UnpairedDataModule(pl.LightningDataModule):
         self.spacing = spacing
         self.foreground_prob = foreground_prob
         self.augmentation = augmentation
+        self.modality_augmentation = dict(modality_augmentation or {})
         self.cache = cache
         self.cache_dir = Path(cache_dir) if cache_dir else self.root / ".cache"
         self.num_workers = num_workers
@@ -190,6 +194,12 @@ class UnpairedDataModule(pl.LightningDataModule):
             raise ValueError(
                 f"{self.root / 'dataset.json'}: modalities {unknown} requested but the dataset "
                 f"has {available}; fix `data.modalities`."
+            )
+        stray = sorted(set(self.modality_augmentation) - set(self.modalities))
+        if stray:
+            raise ValueError(
+                f"data.modality_augmentation names {stray}, which are not trained modalities "
+                f"{self.modalities}."
             )
         if predict_modality is not None and predict_modality not in self.modalities:
             raise ValueError(
@@ -347,7 +357,7 @@ class UnpairedDataModule(pl.LightningDataModule):
             patch_size=self.patch_size,
             num_adjacent=self.num_adjacent,
             foreground_prob=self.foreground_prob,
-            augmentation=self.augmentation,
+            augmentation=self.modality_augmentation.get(modality, self.augmentation),
         )
         return Dataset(_Repeated(cached, length), sampler)
 
