@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -19,13 +18,7 @@ from ummkd.lightning.datamodule import UnpairedDataModule
 NUM_CLASSES = 5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Small tensors: intra-op threads only cost time (and stall badly on shared CI cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _dm(root: Path, **kwargs) -> UnpairedDataModule:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import lightning.pytorch as pl
@@ -19,13 +18,7 @@ NUM_CLASSES = 5
 CLASS_NAMES = ["background", "liver", "kidney_right", "kidney_left", "spleen"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: intra-op threads only cost time (and stall badly on shared CI cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_net(modalities: tuple[str, ...] | None = None) -> DilatedResNet2d:
