@@ -260,3 +260,21 @@ def test_validation_images_and_kd_heatmaps_are_logged(trained_run: Path) -> None
     for modality in ("ct", "mr"):
         assert f"val_images/{modality}_1" in tags
         assert f"kd_distributions/{modality}" in tags
+
+
+@pytest.mark.slow
+def test_compiled_network_trains_with_modality_switching(tiny_dataset: Path, tmp_path: Path):
+    """--model.compile true: torch.compile around the network, both modalities per step."""
+    main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "demo.yaml"),
+            f"--data.root={tiny_dataset}",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.fast_dev_run=2",
+            "--model.compile=true",
+            *FAST,
+            *TINY_2D,
+        ]
+    )

@@ -273,3 +273,44 @@ def test_evaluation_summary_drops_cases_repeated_by_sampler_padding() -> None:
     module._eval_cases = [_case("case_0", "ct", 0.8), _case("case_0", "mr", 0.4)]
     summary = module._gather_summary()
     assert summary["modalities"]["ct"]["n_cases"] == summary["modalities"]["mr"]["n_cases"] == 1
+
+
+def test_skip_mode_skips_only_the_non_finite_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _module(non_finite_loss="skip")
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    calls = {"n": 0}
+    original = module.seg_loss.forward
+
+    def flaky(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        loss = original(logits, labels)
+        return loss * float("inf") if calls["n"] == 3 else loss  # step 2, first modality
+
+    monkeypatch.setattr(module.seg_loss, "forward", flaky)
+    batches = [_batch(seed=s) for s in range(3)]
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=None))
+    assert module.skipped_steps == 1
+    # Lightning still calls optimizer.step with the closure; Adam leaves parameters without
+    # gradients alone, so only two of the three batches updated the weights.
+    optimizer = trainer.optimizers[0]
+    first = next(module.network.parameters())
+    assert int(optimizer.state[first]["step"]) == 2
+    state = module.state_dict()
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert any(not torch.equal(before[k], state[k]) for k in state if k.endswith("weight"))
+
+
+def test_skip_mode_is_refused_under_ddp() -> None:
+    module = _module(non_finite_loss="skip")
+    module._trainer = type("FakeTrainer", (), {"world_size": 2})()
+    with pytest.raises(ValueError, match="single process"):
+        module.on_fit_start()

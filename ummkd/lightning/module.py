@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from monai.data.utils import affine_to_spacing
 from torch import Tensor, nn
 from torchmetrics import MaxMetric
@@ -69,6 +70,12 @@ class UMMKDModule(pl.LightningModule):
         tta: Flip test-time augmentation (inference option, not saved).
         inference_batch_size: Slices / windows per inference batch (inference option, not saved).
         compile: Wrap the network with ``torch.compile``.
+        non_finite_loss: ``"raise"`` stops training with a ``FloatingPointError`` naming the step
+            and modality; ``"skip"`` skips that step's weight update (the learning-rate schedule
+            still advances) and counts it in ``train/skipped_steps`` (single process only:
+            under DDP every rank would have to skip together). Norm running statistics updated
+            by the skipped forward are kept; a checkpoint with non-finite values is refused
+            either way.
     """
 
     def __init__(
@@ -93,6 +100,7 @@ class UMMKDModule(pl.LightningModule):
         tta: bool = False,
         inference_batch_size: int = 16,
         compile: bool = False,
+        non_finite_loss: Literal["raise", "skip"] = "raise",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -121,6 +129,8 @@ class UMMKDModule(pl.LightningModule):
             sync="auto" if kd_sync else False,
         )
         self.kd_weight = kd_weight
+        self.non_finite_loss = non_finite_loss
+        self.skipped_steps = 0
         self.weight_decay = weight_decay
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
@@ -168,7 +178,9 @@ class UMMKDModule(pl.LightningModule):
         )
 
     # ------------------------------------------------------------------ training
-    def training_step(self, batch: Mapping[str, Mapping[str, Tensor]], batch_idx: int) -> Tensor:
+    def training_step(
+        self, batch: Mapping[str, Mapping[str, Tensor]], batch_idx: int
+    ) -> Tensor | None:
         """One unpaired step: every modality forwarded with its own norms, one loss."""
         logits: dict[str, Tensor] = {}
         labels: dict[str, Tensor] = {}
@@ -192,7 +204,13 @@ class UMMKDModule(pl.LightningModule):
             total = total + self.kd_weight * kd
             self.log("train/kd", kd, batch_size=batch_size, prog_bar=True)
         if not torch.isfinite(total):
-            raise FloatingPointError(self._non_finite_message(batch, batch_idx, logits, terms))
+            message = self._non_finite_message(batch, batch_idx, logits, terms)
+            if self.non_finite_loss != "skip":
+                raise FloatingPointError(message)
+            self.skipped_steps += 1
+            rank_zero_warn(f"skipping the optimizer step: {message}")
+            self.log("train/skipped_steps", float(self.skipped_steps))
+            return None
         self.log("train/loss", total, batch_size=batch_size)
         return total
 
@@ -244,6 +262,14 @@ class UMMKDModule(pl.LightningModule):
             reseed(seed)
 
     # ------------------------------------------------------------------ validation / test
+    def on_fit_start(self) -> None:
+        """Refuse step skipping where it would desynchronise DDP ranks."""
+        if self.non_finite_loss == "skip" and self.trainer.world_size > 1:
+            raise ValueError(
+                "model.non_finite_loss='skip' works in a single process only (DDP ranks must "
+                "all step together); use 'raise' with several devices."
+            )
+
     def on_train_start(self) -> None:
         """Reset the best-Dice tracker so the sanity check does not count (keep a resumed best)."""
         self.val_dice_best.reset()
