@@ -34,16 +34,15 @@ deterministic per seed (the same seed writes the same bytes).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
 from ummkd.data.dataset_spec import write_dataset_json, write_text_atomic
+from ummkd.data.importers.common import save_nifti
 
 __all__ = ["LABELS", "make_synthetic_dataset"]
 
@@ -315,22 +314,6 @@ def _synthesize_case(
     return image, label, affine
 
 
-def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """Write a NIfTI file atomically (temporary file in the same folder, then rename)."""
-    image = nib.Nifti1Image(array, affine)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    image.header.set_xyzt_units("mm")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".nii.gz")
-    os.close(fd)
-    try:
-        nib.save(image, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _split(ids: list[str]) -> tuple[list[str], list[str], list[str]]:
     n_test = max(1, round(0.2 * len(ids)))
     n_val = max(1, round(0.15 * len(ids)))
@@ -421,8 +404,8 @@ def make_synthetic_dataset(
             rng = np.random.default_rng([seed, code, index])
             image, label, affine = _synthesize_case(modality, rng, shape, spacing, anatomy_fov, dim)
             image_rel, label_rel = f"{modality}/image_{index:03d}", f"{modality}/label_{index:03d}"
-            _save_nifti(image, affine, out / f"{image_rel}.nii.gz")
-            _save_nifti(label, affine, out / f"{label_rel}.nii.gz")
+            save_nifti(image, affine, out / f"{image_rel}.nii.gz")
+            save_nifti(label, affine, out / f"{label_rel}.nii.gz")
             case_id = f"{modality}_{index:03d}"
             ids.append(case_id)
             cases.append(

@@ -43,9 +43,7 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from ummkd.data.dataset_spec import remap_labels
-
-NORMALIZATIONS = ("ct", "mr", "zscore", "none")
+from ummkd.data.dataset_spec import NORMALIZATIONS, remap_labels
 
 
 @dataclass

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,25 +15,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from monai.data import MetaTensor
 from rich.console import Console
 
+from ummkd.data.importers.common import save_nifti
 from ummkd.evaluation.report import results_table, write_report
-
-
-def save_nifti_atomic(
-    array: np.ndarray, affine: np.ndarray, path: Path, *, header: Any = None
-) -> None:
-    """Write a NIfTI file atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="".join(path.suffixes), dir=path.parent)
-    os.close(fd)
-    try:
-        image = nib.Nifti1Image(array, affine, header=header)
-        image.set_qform(affine, code=1)
-        image.set_sform(affine, code=1)
-        nib.save(image, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class NiftiPredictionWriter(BasePredictionWriter):
@@ -101,15 +82,14 @@ class NiftiPredictionWriter(BasePredictionWriter):
                 f"{source}: inverted prediction has shape {tuple(probs.shape[1:])}, input has "
                 f"{tuple(reference.shape[:3])}"
             )
+        self.output_dir.mkdir(parents=True, exist_ok=True)
         labels = probs.argmax(0).cpu().numpy().astype(np.uint8)
         labels = labels.reshape(reference.shape) if len(reference.shape) != 3 else labels
-        save_nifti_atomic(labels, reference.affine, self.output_dir / source.name)
+        save_nifti(labels, reference.affine, self.output_dir / source.name)
         if self.save_probabilities:
             stem = source.name.removesuffix(".gz").removesuffix(".nii")
             prob_array = probs.permute(1, 2, 3, 0).cpu().numpy().astype(np.float32)
-            save_nifti_atomic(
-                prob_array, reference.affine, self.output_dir / f"{stem}_probs.nii.gz"
-            )
+            save_nifti(prob_array, reference.affine, self.output_dir / f"{stem}_probs.nii.gz")
 
 
 def invert_to_input_space(probs: torch.Tensor, image: MetaTensor, datamodule: Any) -> torch.Tensor:

@@ -46,10 +46,12 @@ import nibabel as nib
 import numpy as np
 import SimpleITK
 
+from ummkd.data import dataset_spec
+
 logger = logging.getLogger(__name__)
 
-DATASET_JSON = "dataset.json"
-SPLITS_JSON = "splits.json"
+DATASET_JSON = dataset_spec.DATASET_JSON
+SPLITS_JSON = dataset_spec.SPLITS_JSON
 NORMALIZATIONS = ("ct", "mr", "zscore", "none")
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
 ABDOMINAL_LABELS: dict[str, int] = {
@@ -278,9 +280,6 @@ def remap_labels(
             values that are not in ``mapping``.
     """
     array = np.asarray(label)
-    for source, target in mapping.items():
-        if not 0 <= target <= 255:
-            raise DatasetImportError(f"label map {source}->{target}: targets must be 0..255")
     if array.dtype.kind == "b":
         array = array.astype(np.uint8)
     elif array.dtype.kind == "f":
@@ -300,16 +299,10 @@ def remap_labels(
                 f"{path}: unexpected label values {unknown[:20]} (known: {sorted(mapping)}); "
                 "pass a label map that covers them"
             )
-    lo, hi = int(array.min()), int(array.max())
-    if lo >= 0 and hi < 1 << 16:
-        lut = np.zeros(hi + 1, dtype=np.uint8)
-        for source, target in mapping.items():
-            if 0 <= source <= hi:
-                lut[source] = target
-        return lut[array]
-    values, inverse = np.unique(array, return_inverse=True)
-    targets = np.array([mapping.get(int(v), 0) for v in values], dtype=np.uint8)
-    return targets[inverse].reshape(array.shape)
+    try:  # the lookup table of the dataset format itself; 256 ids -> uint8
+        return dataset_spec.remap_labels(array, mapping, 256).astype(np.uint8, copy=False)
+    except ValueError as error:
+        raise DatasetImportError(f"{path}: {error}") from error
 
 
 def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
