@@ -10,7 +10,7 @@ STAMP := $(VENV)/.install-stamp
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format demo sweep-dry-run bench
+.PHONY: help install test test-all lint format demo sweep-dry-run bench reproduce
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -44,6 +44,11 @@ demo: $(STAMP) ## Train + test the method on generated CT/MR phantoms (CPU, a fe
 
 sweep-dry-run: $(STAMP) ## Render + parse 3 sampled commands of each sweep file (no training)
 	for f in configs/sweeps/*.yaml; do $(BIN)/ummkd sweep-dry-run $$f --count 3 || exit 1; done
+
+SEEDS ?= 0
+SCALE ?= cpu
+reproduce: $(STAMP) ## Paper comparison on the real abdominal data (7 variants; SEEDS="0 1 2", SCALE=cpu|full)
+	$(BIN)/ummkd reproduce --scale $(SCALE) --seeds $(SEEDS)
 
 bench: $(STAMP) ## CPU benchmarks (docs/performance.md): loop overhead, inference speed, loader
 	$(BIN)/python benchmarks/overhead.py --steps 50 --warmup 10 --repeats 4

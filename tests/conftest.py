@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from ummkd.data.synthetic import make_synthetic_dataset
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -21,4 +23,12 @@ def shared_data() -> Path:
     root = shared_data_root()
     if not root.is_dir():
         pytest.skip(f"real data not available at {root}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic unpaired CT/MR phantoms: 4 + 4 small volumes."""
+    root = tmp_path_factory.mktemp("data") / "synthetic"
+    make_synthetic_dataset(root, n_ct=4, n_mr=4, size=(48, 48, 12), seed=1)
     return root

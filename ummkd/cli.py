@@ -36,6 +36,7 @@ _PLAIN_COMMANDS = {
     "data": "ummkd.data.commands",
     "evaluate": "ummkd.evaluation.commands",
     "sweep-dry-run": "ummkd.sweeps",
+    "reproduce": "ummkd.experiments",
 }
 _RUN_VERSION_ENV = "UMMKD_RUN_VERSION"
 _DEFAULT_ROOT = "runs/default"

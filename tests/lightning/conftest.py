@@ -1,14 +1,11 @@
-"""Fixtures for the Lightning layer and CLI tests: a tiny synthetic dataset and fast overrides."""
+"""Fixtures for the Lightning layer and CLI tests: fast CLI overrides and one-thread runs."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
-
-from ummkd.data.synthetic import make_synthetic_dataset
 
 # Overrides that make any config run in seconds on a CPU.
 FAST = [
@@ -24,14 +21,6 @@ TINY_DRN = [
     "--model.network.init_args.base_channels=2",
     "--model.network.init_args.head_channels=4",
 ]
-
-
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Synthetic unpaired CT/MR phantoms: 4 + 4 small volumes."""
-    root = tmp_path_factory.mktemp("data") / "synthetic"
-    make_synthetic_dataset(root, n_ct=4, n_mr=4, size=(48, 48, 12), seed=1)
-    return root
 
 
 @pytest.fixture

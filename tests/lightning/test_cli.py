@@ -173,6 +173,13 @@ def _config_cases() -> list[tuple[str, list[str]]]:
         cases.append((f"abdominal_2d/{variant}", ["--config", abd, "--config", overlay, *TINY_DRN]))
     cpu_scale = str(CONFIGS / "abdominal_2d" / "cpu.yaml")
     cases.append(("abdominal_2d/cpu", ["--config", abd, "--config", cpu_scale]))
+    for variant in ("x_shape", "y_shape"):
+        overlays = [
+            str(CONFIGS / "abdominal_2d" / name)
+            for name in (f"{variant}.yaml", f"cpu_{variant}.yaml")
+        ]
+        args = ["--config", abd, "--config", overlays[0], "--config", cpu_scale]
+        cases.append((f"abdominal_2d/cpu_{variant}", [*args, "--config", overlays[1]]))
     cardiac = str(CONFIGS / "cardiac_2d" / "ummkd.yaml")
     cases.append(("cardiac_2d/ummkd", ["--config", cardiac, *TINY_DRN]))
     for profile in ("cpu", "debug"):

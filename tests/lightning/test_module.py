@@ -314,3 +314,30 @@ def test_skip_mode_is_refused_under_ddp() -> None:
     module._trainer = type("FakeTrainer", (), {"world_size": 2})()
     with pytest.raises(ValueError, match="single process"):
         module.on_fit_start()
+
+
+# ------------------------------------------------------------------------ inference padding
+def test_inference_pads_slices_to_the_networks_total_stride() -> None:
+    """A 4-stride U-Net needs H, W divisible by 16; odd-sized volumes must still predict."""
+    from monai.networks.nets import UNet
+
+    from ummkd.lightning.module import required_divisor
+    from ummkd.nn import MultiStreamUNet, XShapeNet
+
+    unet = UNet(2, 3, NUM_CLASSES, channels=(4, 4, 4, 4, 4), strides=(2, 2, 2, 2))
+    assert required_divisor(unet) == 16
+    assert required_divisor(UNet(2, 3, 2, channels=(4, 4, 4), strides=((2, 1), 2))) == 4
+    assert required_divisor(_tiny_net()) == 8
+    assert required_divisor(XShapeNet(3, NUM_CLASSES, base_channels=2, head_channels=4)) == 8
+    assert required_divisor(BasicUNet(2, 3, 2, features=(4, 4, 4, 4, 4, 4))) == 32
+    streams = MultiStreamUNet(2, 3, NUM_CLASSES, channels=(4, 4, 4), strides=(2, 2))
+    assert required_divisor(streams) == 4
+
+    module = _module(unet).eval()
+    assert module.inference_divisible == 16
+    volume = torch.randn(1, 21, 22, 5)
+    with torch.no_grad():
+        probs = module.predict_volume(volume, "ct")
+    assert probs.shape == (NUM_CLASSES, 21, 22, 5)
+    assert torch.allclose(probs.sum(0), torch.ones(21, 22, 5), atol=1e-5)
+    assert _module(unet, inference_divisible=32).inference_divisible == 32

@@ -137,3 +137,77 @@ def test_state_dict_round_trip():
     for m in MODS:
         with use_modality(net, m), use_modality(clone, m):
             torch.testing.assert_close(clone(probe), net(probe), rtol=0, atol=0)
+
+
+UNET = {
+    "spatial_dims": 2,
+    "in_channels": 3,
+    "out_channels": 3,
+    "channels": (4, 8, 16),
+    "strides": (2, 2),
+    "num_res_units": 1,
+}
+
+
+@pytest.mark.parametrize(("encoder_levels", "decoder_levels"), [(1, 0), (2, 0), (2, 1), (2, 2)])
+def test_multistream_unet_weight_count_and_streams(encoder_levels, decoder_levels):
+    from monai.networks.nets import UNet
+
+    from ummkd.nn import MultiStreamUNet
+
+    plain = UNet(**UNET)
+    net = MultiStreamUNet(
+        **UNET, modalities=MODS, encoder_levels=encoder_levels, decoder_levels=decoder_levels
+    )
+    switches = [name for name, m in net.named_modules() if isinstance(m, ModalitySwitch)]
+    assert len(switches) == encoder_levels + decoder_levels
+    # Each switch duplicates exactly the corresponding U-Net layer once (2 modalities).
+    extra = 0
+    level = plain.model
+    for depth in range(max(encoder_levels, decoder_levels)):
+        if depth < encoder_levels:
+            extra += count_parameters(level[0])["total"]
+        if depth < decoder_levels:
+            extra += count_parameters(level[2])["total"]
+        level = level[1].submodule
+    assert count_parameters(net)["total"] == count_parameters(plain)["total"] + extra
+
+
+def test_multistream_unet_routes_by_modality_and_trains_only_active_stream():
+    from ummkd.nn import MultiStreamUNet
+
+    torch.manual_seed(0)
+    net = MultiStreamUNet(**UNET, modalities=MODS, encoder_levels=1, decoder_levels=1)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        for p in net.model[0].branches["mr"].parameters():
+            p.add_(0.5)
+    net.eval()
+    with use_modality(net, "ct"):
+        out_ct = net(x)
+    with use_modality(net, "mr"):
+        out_mr = net(x)
+    assert out_ct.shape == (2, 3, 16, 16)
+    assert not torch.allclose(out_ct, out_mr)
+
+    net.train()
+    with use_modality(net, "ct"):
+        net(x).sum().backward()
+    mr_grads = [p.grad for p in net.model[0].branches["mr"].parameters()]
+    ct_grads = [p.grad for p in net.model[0].branches["ct"].parameters()]
+    assert all(g is None for g in mr_grads)
+    assert all(g is not None and g.abs().sum() > 0 for g in ct_grads)
+    shared = net.model[1].submodule[0]
+    assert all(p.grad is not None for p in shared.parameters())
+
+
+def test_multistream_unet_errors():
+    from ummkd.nn import MultiStreamUNet
+
+    with pytest.raises(ValueError, match="encoder_levels"):
+        MultiStreamUNet(**UNET, encoder_levels=0)
+    with pytest.raises(ValueError, match="2 levels above its bottom"):
+        MultiStreamUNet(**UNET, encoder_levels=1, decoder_levels=3)
+    net = MultiStreamUNet(**UNET)
+    with pytest.raises(ValueError, match=r"ModalitySwitch 'model\.0'.*no active"):
+        net(torch.randn(1, 3, 16, 16))

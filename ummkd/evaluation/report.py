@@ -58,10 +58,10 @@ def write_report(
         "results": out_dir / "results.md",
         "dice": out_dir / "dice.png",
     }
-    text = json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n"
-    _atomic_write_bytes(paths["summary"], text.encode())
-    _atomic_write_bytes(paths["results"], results_markdown(summary, title=title).encode())
-    _atomic_write_bytes(paths["dice"], dice_plot_png(summary, title=title))
+    text = json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n"
+    atomic_write_bytes(paths["summary"], text.encode())
+    atomic_write_bytes(paths["results"], results_markdown(summary, title=title).encode())
+    atomic_write_bytes(paths["dice"], dice_plot_png(summary, title=title))
     return paths
 
 
@@ -174,12 +174,12 @@ def _nan(value: float | None) -> float:
     return math.nan if value is None else float(value)
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """Recursively convert to JSON types: non-finite floats -> ``None``, numpy scalars -> Python."""
     if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -187,7 +187,7 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file next to ``path``, then rename it onto ``path``."""
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

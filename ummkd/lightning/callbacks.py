@@ -239,6 +239,8 @@ class ResultsReport(Callback):
         if not summary:
             return
         out_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        network = getattr(pl_module, "network", pl_module)
+        summary = {**summary, "parameters": sum(p.numel() for p in network.parameters())}
         files = write_report(summary, out_dir, title="ummkd test results")
         self.console.print(results_table(summary, title="Test"))
         self.console.print(f"[ummkd] test report: {files['summary']}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -21,7 +21,14 @@ from torchmetrics import MaxMetric
 from ummkd.evaluation.inference import slicewise_predict, sliding_window_predict
 from ummkd.evaluation.metrics import case_metrics, summarize_cases
 from ummkd.losses import ModalityDistillationLoss, SegmentationLoss
-from ummkd.nn import ModalityNorm, convert_to_modality_norm, use_modality
+from ummkd.nn import (
+    DilatedResNet2d,
+    ModalityNorm,
+    MultiStreamNet,
+    convert_to_modality_norm,
+    use_modality,
+)
+from ummkd.nn.dilated_resnet2d import OUTPUT_STRIDE
 
 
 def paper_adam(params: Any) -> torch.optim.Optimizer:
@@ -36,6 +43,24 @@ def paper_step_decay(optimizer: torch.optim.Optimizer) -> torch.optim.lr_schedul
 
 _KERNEL_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 """Modules whose ``weight`` is a kernel (weight decay); every other parameter is not decayed."""
+
+
+def required_divisor(network: nn.Module) -> int:
+    """The factor a 2D input's height and width must be divisible by for ``network``.
+
+    MONAI U-Nets (and :class:`~ummkd.nn.MultiStreamUNet`) expose their per-level ``strides``;
+    ummkd's dilated networks have a fixed output stride. Anything else gets 32, which covers
+    the usual encoders with up to five halvings.
+    """
+    strides = getattr(network, "strides", None)
+    if isinstance(strides, Sequence) and strides:
+        factor = 1
+        for stride in strides:
+            factor *= int(stride if isinstance(stride, int) else max(stride))
+        return factor
+    if isinstance(network, DilatedResNet2d | MultiStreamNet):
+        return OUTPUT_STRIDE
+    return 32
 
 
 class UMMKDModule(pl.LightningModule):
@@ -69,6 +94,9 @@ class UMMKDModule(pl.LightningModule):
         sw_overlap: 3D sliding-window overlap (inference option, not saved).
         tta: Flip test-time augmentation (inference option, not saved).
         inference_batch_size: Slices / windows per inference batch (inference option, not saved).
+        inference_divisible: 2D: slices are zero-padded to a multiple of this before the forward
+            pass. ``None`` derives it from the network: the product of its ``strides`` (MONAI
+            U-Nets), the output stride of ummkd's dilated networks, else 32.
         compile: Wrap the network with ``torch.compile``.
         non_finite_loss: ``"raise"`` stops training with a ``FloatingPointError`` naming the step
             and modality; ``"skip"`` skips that step's weight update (the learning-rate schedule
@@ -99,12 +127,20 @@ class UMMKDModule(pl.LightningModule):
         sw_overlap: float = 0.5,
         tta: bool = False,
         inference_batch_size: int = 16,
+        inference_divisible: int | None = None,
         compile: bool = False,
         non_finite_loss: Literal["raise", "skip"] = "raise",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
-            ignore=["sw_overlap", "tta", "inference_batch_size", "optimizer", "lr_scheduler"]
+            ignore=[
+                "sw_overlap",
+                "tta",
+                "inference_batch_size",
+                "inference_divisible",
+                "optimizer",
+                "lr_scheduler",
+            ]
         )
         self.modalities = list(modalities or ["ct", "mr"])
         self.class_names = list(class_names or [f"class_{i}" for i in range(num_classes)])
@@ -121,6 +157,7 @@ class UMMKDModule(pl.LightningModule):
                 "with `modalities: null` (or use norm='modality')."
             )
         self.network = network
+        self.inference_divisible = inference_divisible or required_divisor(network)
         self._forward_net: nn.Module = torch.compile(network) if compile else network
         self.seg_loss = SegmentationLoss(kind=seg_loss, num_classes=num_classes)
         self.kd_loss = ModalityDistillationLoss(
@@ -164,6 +201,7 @@ class UMMKDModule(pl.LightningModule):
                 predictor,
                 num_adjacent=self.num_adjacent,
                 batch_size=self.inference_batch_size,
+                divisible=self.inference_divisible,
                 tta=self.tta,
             )
         if not self.roi_size:

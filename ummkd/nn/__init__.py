@@ -23,7 +23,7 @@ from ummkd.nn.modality_norm import (
     set_modality,
     use_modality,
 )
-from ummkd.nn.multistream import MultiStreamNet, XShapeNet, YShapeNet
+from ummkd.nn.multistream import MultiStreamNet, MultiStreamUNet, XShapeNet, YShapeNet
 from ummkd.nn.unet3d import UNet3d
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "ModalityNorm",
     "ModalitySwitch",
     "MultiStreamNet",
+    "MultiStreamUNet",
     "NormSpec",
     "UNet3d",
     "XShapeNet",

@@ -1,5 +1,9 @@
 """Multi-stream baselines of the paper: "Y-shape" and "X-shape" networks.
 
+Two families: :class:`YShapeNet` / :class:`XShapeNet` on the paper's dilated residual network,
+and :class:`MultiStreamUNet`, the same split applied to MONAI's U-Net (used by the CPU-scale
+experiments, whose shared-kernel variants use that U-Net too).
+
 Both are built from the same layer groups and widths as
 :class:`~ummkd.nn.dilated_resnet2d.DilatedResNet2d` (see its layer table), split into
 modality-specific and shared parts:
@@ -20,11 +24,13 @@ shared by default, as in the original baselines, or modality-specific with
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+from monai.networks.nets import UNet
 from torch import nn
 
 from ummkd.nn.dilated_resnet2d import (
@@ -35,7 +41,7 @@ from ummkd.nn.dilated_resnet2d import (
 )
 from ummkd.nn.modality_norm import ModalitySwitch, check_modalities, set_modality
 
-__all__ = ["MultiStreamNet", "XShapeNet", "YShapeNet"]
+__all__ = ["MultiStreamNet", "MultiStreamUNet", "XShapeNet", "YShapeNet"]
 
 
 class MultiStreamNet(nn.Module):
@@ -215,4 +221,71 @@ class XShapeNet(MultiStreamNet):
             decoder_groups=decoder_groups,
             modality_norm_in_shared=modality_norm_in_shared,
             head_channels=head_channels,
+        )
+
+
+class MultiStreamUNet(UNet):
+    """MONAI :class:`~monai.networks.nets.UNet` with modality-specific outer levels.
+
+    MONAI builds the U-Net as nested levels ``Sequential(down, SkipConnection(next level), up)``.
+    This network gives each modality its own copy of the *down* layers of the top
+    ``encoder_levels`` levels and of the *up* layers of the top ``decoder_levels`` levels; the
+    rest (deeper levels and the bottom) is shared. ``decoder_levels=0`` is a Y-shape network
+    (modality-specific encoders, shared decoder), ``decoder_levels > 0`` an X-shape network
+    (Valindria et al., WACV 2018). All layers keep the U-Net's widths, so weight counts compare
+    directly with the shared U-Net. The streams are selected by
+    :func:`~ummkd.nn.modality_norm.use_modality`, like modality norms.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels.
+        out_channels: number of classes.
+        channels: channels per level, top first (as in MONAI's U-Net).
+        strides: strides per down layer (``len(channels) - 1`` values).
+        modalities: modality names (one stream each).
+        encoder_levels: number of top levels whose down layer is modality-specific (>= 1).
+        decoder_levels: number of top levels whose up layer is modality-specific (>= 0).
+        **kwargs: further :class:`~monai.networks.nets.UNet` arguments (``num_res_units``,
+            ``norm``, ``dropout``, ...).
+
+    Raises:
+        ValueError: on invalid level counts or modality names.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        channels: Sequence[int],
+        strides: Sequence[int],
+        modalities: Sequence[str] = ("ct", "mr"),
+        encoder_levels: int = 1,
+        decoder_levels: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(spatial_dims, in_channels, out_channels, channels, strides, **kwargs)
+        levels = len(self.strides)
+        if not 1 <= encoder_levels <= levels or not 0 <= decoder_levels <= levels:
+            raise ValueError(
+                f"need 1 <= encoder_levels <= {levels} and 0 <= decoder_levels <= {levels} "
+                f"(the U-Net has {levels} levels above its bottom), got {encoder_levels} and "
+                f"{decoder_levels}"
+            )
+        self.modalities = check_modalities(modalities)
+        self.encoder_levels = encoder_levels
+        self.decoder_levels = decoder_levels
+        level: nn.Module = self.model
+        for depth in range(max(encoder_levels, decoder_levels)):
+            if depth < encoder_levels:
+                level[0] = self._streams(level[0])
+            if depth < decoder_levels:
+                level[2] = self._streams(level[2])
+            level = level[1].submodule
+        set_modality(self, None)  # records qualified layer names for error messages
+
+    def _streams(self, layer: nn.Module) -> ModalitySwitch:
+        """One independent copy of ``layer`` per modality (the first keeps the original)."""
+        return ModalitySwitch(
+            {m: layer if i == 0 else copy.deepcopy(layer) for i, m in enumerate(self.modalities)}
         )

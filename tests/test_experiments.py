@@ -1,0 +1,212 @@
+"""`ummkd reproduce`: variant configs, commands, aggregation, reports and an end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.lightning.conftest import FAST
+from ummkd.experiments import (
+    VARIANTS,
+    ReproduceError,
+    aggregate,
+    ensure_dataset,
+    main,
+    results_markdown,
+    run_commands,
+    variant_configs,
+    write_results,
+)
+from ummkd.sweeps import resolve_cli_config
+
+REPO = Path(__file__).resolve().parents[1]
+ABDOMINAL = REPO / "configs" / "abdominal_2d"
+MULTISTREAM_LEVELS = {"x_shape": (2, 2), "y_shape": (2, 0)}
+
+
+def test_variant_configs_order_and_missing(tmp_path: Path) -> None:
+    assert [p.name for p in variant_configs(ABDOMINAL, "ummkd", "full")] == ["ummkd.yaml"]
+    assert [p.name for p in variant_configs(ABDOMINAL, "x_shape", "cpu")] == [
+        "ummkd.yaml",
+        "x_shape.yaml",
+        "cpu.yaml",
+        "cpu_x_shape.yaml",
+    ]
+    assert [p.name for p in variant_configs(ABDOMINAL, "joint", "cpu")][-1] == "cpu.yaml"
+    with pytest.raises(ReproduceError, match=r"ummkd\.yaml"):
+        variant_configs(tmp_path, "joint", "cpu")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cpu_scale_gives_every_variant_the_same_unet(variant: str) -> None:
+    """Same U-Net widths everywhere; only the variant's own choices (streams, norms, KD) differ."""
+    configs = variant_configs(ABDOMINAL, variant, "cpu")
+    args = ["fit", *[a for c in configs for a in ("--config", str(c))]]
+    config, error = resolve_cli_config(args)
+    assert config is not None, error
+    network = config["model"]["network"]
+    init = network["init_args"]
+    assert init["channels"] == [16, 32, 64, 128, 256] and init["strides"] == [2, 2, 2, 2]
+    assert init["num_res_units"] == 1 and init["dropout"] == 0.1
+    if variant in MULTISTREAM_LEVELS:
+        assert network["class_path"] == "ummkd.nn.MultiStreamUNet"
+        assert (init["encoder_levels"], init["decoder_levels"]) == MULTISTREAM_LEVELS[variant]
+    else:
+        assert network["class_path"] == "monai.networks.nets.UNet"
+    assert config["trainer"]["max_steps"] == 1200
+    assert config["data"]["patch_size"] == [160, 160]
+    expected_modalities = {"single_ct": ["ct"], "single_mr": ["mr"]}.get(variant, ["ct", "mr"])
+    assert config["data"]["modalities"] == expected_modalities
+    assert (config["model"]["kd_weight"] > 0) == (variant == "ummkd")
+    expected_norm = "shared" if variant in ("joint", "x_shape", "y_shape") else "modality"
+    assert config["model"]["norm"] == expected_norm
+
+
+def test_run_commands_share_everything_but_the_subcommand(tmp_path: Path) -> None:
+    configs = [ABDOMINAL / "ummkd.yaml", ABDOMINAL / "cpu.yaml"]
+    fit, test = run_commands(
+        configs=configs,
+        data_root=tmp_path / "data",
+        run_dir=tmp_path / "run",
+        seed=3,
+        extra=["--trainer.max_steps", "5"],
+    )
+    assert fit[:2] == ["ummkd", "fit"] and test[:2] == ["ummkd", "test"]
+    assert test[2 : len(fit)] == fit[2:]
+    assert test[len(fit) :] == ["--ckpt_path", "best", "--verbose", "false"]
+    text = shlex.join(fit)
+    assert f"--config {configs[0]} --config {configs[1]}" in text
+    assert "--seed_everything 3" in text and text.endswith("--trainer.max_steps 5")
+
+
+def test_ensure_dataset(tmp_path: Path) -> None:
+    with pytest.raises(ReproduceError, match=r"dataset\.json missing"):
+        ensure_dataset(tmp_path / "nothing", tmp_path / "no_source")
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "dataset.json").write_text("{}")
+    assert ensure_dataset(tmp_path / "ds", None) == tmp_path / "ds"
+
+
+def _summary(dice: dict[str, float], classes: list[str]) -> dict[str, Any]:
+    modalities = {}
+    for modality, value in dice.items():
+        per_class = {
+            c: {"dice": value, "dice_std": 0.1, "assd": 2.0, "assd_std": 0.5, "n": 3}
+            for c in classes
+        }
+        modalities[modality] = {
+            "n_cases": 3,
+            "mean": {"dice": value, "assd": 2.0, "hd95": 9.0},
+            "std": {"dice": 0.05, "assd": 0.4, "hd95": 1.0},
+            "per_class": per_class,
+        }
+    return {"classes": classes, "modalities": modalities, "parameters": 1234}
+
+
+def _record(variant: str, seed: int, dice: dict[str, float]) -> dict[str, Any]:
+    return {
+        "variant": variant,
+        "seed": seed,
+        "fit_seconds": 60.0 + seed,
+        "test_seconds": 5.0,
+        "val_dice_best": 0.5,
+        "parameters": 1234,
+        "fit_command": "ummkd fit ...",
+        "test_command": "ummkd test ...",
+        "summary": _summary(dice, ["liver", "spleen"]),
+    }
+
+
+def test_aggregate_one_seed_uses_case_spread_several_seeds_use_seed_spread() -> None:
+    one = aggregate({"ummkd": [_record("ummkd", 0, {"ct": 0.8, "mr": 0.7})]})
+    ct = one["ummkd"]["modalities"]["ct"]
+    assert ct["dice"] == {"mean": 0.8, "std": 0.05, "over": "test cases"}
+    assert ct["per_class"]["liver"]["dice"]["std"] == 0.1
+
+    runs = [_record("ummkd", s, {"ct": d, "mr": 0.7}) for s, d in enumerate((0.7, 0.8, 0.9))]
+    three = aggregate({"ummkd": runs, "single_ct": [_record("single_ct", 0, {"ct": 0.6})]})
+    ct = three["ummkd"]["modalities"]["ct"]["dice"]
+    assert ct["mean"] == pytest.approx(0.8) and ct["std"] == pytest.approx(0.1)
+    assert ct["over"] == "seeds"
+    assert three["ummkd"]["fit_seconds"][0] == pytest.approx(61.0)
+    assert set(three["single_ct"]["modalities"]) == {"ct"}
+
+
+def test_results_files(tmp_path: Path) -> None:
+    records = {
+        "single_ct": [_record("single_ct", 0, {"ct": 0.6})],
+        "ummkd": [_record("ummkd", 0, {"ct": 0.8, "mr": 0.7})],
+    }
+    report = {
+        "scale": "cpu",
+        "scale_note": "tiny",
+        "date": "2026-11-26",
+        "commit": "abc",
+        "machine": "test",
+        "command": "ummkd reproduce",
+        "data_root": "data",
+        "n_test": 6,
+        "seeds": [0],
+        "classes": ["liver", "spleen"],
+        "modalities": ["ct", "mr"],
+        "variants": aggregate(records),
+        "runs": [r for runs in records.values() for r in runs],
+    }
+    text = results_markdown(report)
+    assert "| `ummkd` |" in text and "0.800 ± 0.050" in text
+    single_row = next(line for line in text.splitlines() if line.startswith("| `single_ct` |"))
+    assert single_row.count("—") == 2  # no MR Dice, no MR ASSD
+    paths = write_results(report, tmp_path / "results", "abdominal_2d_cpu")
+    assert json.loads(paths["json"].read_text())["variants"]["ummkd"]["parameters"] == 1234
+    assert paths["png"].read_bytes().startswith(b"\x89PNG")
+
+
+def test_main_reports_missing_data_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["--data", str(tmp_path / "none"), "--source", str(tmp_path / "nosrc")])
+    assert code == 1
+    assert "no dataset at" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_reproduce_end_to_end_on_phantoms(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Two variants, real subprocesses, tiny budget: records, reuse on rerun, results files."""
+    argv = [
+        "--variants",
+        "single_mr",
+        "ummkd",
+        "--data",
+        str(tiny_dataset),
+        "--configs",
+        str(ABDOMINAL),
+        "--runs",
+        str(tmp_path / "runs"),
+        "--results",
+        str(tmp_path / "results"),
+        "--extra",
+        *FAST,
+        "--data.patch_size=[32,32]",
+        "--data.spacing=null",
+        "--data.steps_per_epoch=2",
+        "--trainer.max_steps=2",
+        "--trainer.val_check_interval=2",
+        "--model.network.init_args.channels=[4,8,16]",
+        "--model.network.init_args.strides=[2,2]",
+    ]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "results" / "abdominal_2d_cpu.json").read_text())
+    assert list(report["variants"]) == ["single_mr", "ummkd"]
+    assert set(report["variants"]["single_mr"]["modalities"]) == {"mr"}
+    assert set(report["variants"]["ummkd"]["modalities"]) == {"ct", "mr"}
+    assert report["variants"]["ummkd"]["parameters"] > 0
+    assert report["runs"][0]["fit_seconds"] > 0
+    record = tmp_path / "runs" / "cpu" / "ummkd" / "seed0" / "record.json"
+    stamp = record.stat().st_mtime_ns
+    assert main(argv) == 0  # finished runs are reused, not retrained
+    assert record.stat().st_mtime_ns == stamp
+    assert "| `ummkd` |" in (tmp_path / "results" / "abdominal_2d_cpu.md").read_text()

@@ -1,0 +1,612 @@
+"""``ummkd reproduce``: the paper's abdominal comparison, trained and tested in one command.
+
+Every variant of ``configs/abdominal_2d/`` (single-modality training, joint training with
+shared norms, separate norms without KD, the X- and Y-shape multi-stream networks and ummkd
+itself) is trained with ``ummkd fit`` and evaluated with ``ummkd test --ckpt_path best`` on the
+same data, split, budget and seeds: the checkpoint is chosen on the validation cases and the
+numbers are measured on the test cases. Each run is a separate ``ummkd`` process, so a variant
+cannot leak state into the next, and each finished run leaves a ``record.json`` so that an
+interrupted reproduction continues where it stopped.
+
+Two scales:
+
+* ``cpu``: each variant's config plus ``configs/abdominal_2d/cpu.yaml`` and, for the
+  multi-stream baselines, ``cpu_<variant>.yaml``: a 5-level MONAI U-Net for every variant instead
+  of the paper's 39 M-weight dilated ResNet, 2 mm in-plane spacing, 160x160 crops, 1200 steps;
+  about 12 minutes per two-modality variant on 2 CPU cores.
+* ``full``: the variant configs alone (paper settings, 50,000 steps); give a trainer profile,
+  e.g. ``--trainer-config configs/trainer/gpu.yaml``.
+
+The results land in ``results/abdominal_2d_<scale>.md``, ``.json`` and ``.png``: Dice and ASSD
+per organ and modality (mean ± std over test cases; with several seeds, the mean over seeds of
+each run's mean and the standard deviation between seeds), weight count, training time, the
+exact commands and the git commit.
+
+Examples::
+
+    ummkd reproduce --scale cpu --seeds 0
+    ummkd reproduce --scale full --seeds 0 1 2 --trainer-config configs/trainer/gpu.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ummkd.evaluation.report import atomic_write_bytes, json_safe
+
+VARIANTS = ("single_ct", "single_mr", "joint", "separate_norm", "x_shape", "y_shape", "ummkd")
+"""Variants in the order of the paper's comparison table (ummkd last)."""
+
+DESCRIPTIONS = {
+    "single_ct": "CT only",
+    "single_mr": "MR only",
+    "joint": "joint training, shared norms, no KD",
+    "separate_norm": "shared kernels, modality norms, no KD",
+    "x_shape": "X-shape: modality encoders + decoders",
+    "y_shape": "Y-shape: modality encoders, shared decoder",
+    "ummkd": "ummkd: shared kernels, modality norms + KD",
+}
+SCALES = ("cpu", "full")
+BASE_CONFIG = "ummkd.yaml"
+RECORD = "record.json"
+_BEST_DICE = re.compile(r"dice(\d+\.\d+)")
+
+
+class ReproduceError(Exception):
+    """A user-facing problem (printed, exit code 1)."""
+
+
+def variant_configs(config_dir: Path, variant: str, scale: str) -> list[Path]:
+    """The config files of one variant, in the order they are given to the CLI.
+
+    Args:
+        config_dir: folder holding ``ummkd.yaml``, the variant overlays and ``cpu.yaml``.
+        variant: one of :data:`VARIANTS`.
+        scale: ``"cpu"`` adds the ``cpu.yaml`` overlay, then ``cpu_<variant>.yaml`` if present.
+
+    Returns:
+        ``ummkd.yaml``, then the variant's overlay (except for ``ummkd``), then the CPU-scale
+        overlays.
+
+    Raises:
+        ReproduceError: a config file is missing.
+    """
+    names = [BASE_CONFIG]
+    if variant != "ummkd":
+        names.append(f"{variant}.yaml")
+    if scale == "cpu":
+        names.append("cpu.yaml")
+        if (config_dir / f"cpu_{variant}.yaml").is_file():
+            names.append(f"cpu_{variant}.yaml")
+    paths = [config_dir / name for name in names]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ReproduceError(
+            f"missing config file(s): {', '.join(missing)}; run from the repository root or "
+            "pass --configs to the folder with the abdominal_2d configs"
+        )
+    return paths
+
+
+def run_commands(
+    *,
+    configs: Sequence[Path],
+    data_root: Path,
+    run_dir: Path,
+    seed: int,
+    extra: Sequence[str] = (),
+    executable: Sequence[str] = ("ummkd",),
+) -> tuple[list[str], list[str]]:
+    """The ``ummkd fit`` and ``ummkd test`` commands of one run.
+
+    Args:
+        configs: config files, in order.
+        data_root: dataset folder (``--data.root``).
+        run_dir: the run's ``--trainer.default_root_dir``.
+        seed: ``--seed_everything``.
+        extra: further CLI arguments appended to both commands (e.g. a trainer profile).
+        executable: how to call ummkd.
+
+    Returns:
+        The fit and the test command as argument lists.
+    """
+    common: list[str] = []
+    for config in configs:
+        common += ["--config", str(config)]
+    common += [
+        "--seed_everything",
+        str(seed),
+        "--data.root",
+        str(data_root),
+        "--trainer.default_root_dir",
+        str(run_dir),
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
+    ]
+    fit = [*executable, "fit", *common]
+    test = [*executable, "test", *common, "--ckpt_path", "best", "--verbose", "false"]
+    return fit, test
+
+
+def ensure_dataset(root: Path, source: Path | None) -> Path:
+    """Return ``root`` if it holds a dataset; otherwise import it from ``source`` (alpnet).
+
+    Args:
+        root: dataset folder (with ``dataset.json``).
+        source: the BTCV + CHAOS release (``ct_btcv/``, ``mr_chaos_t2/``, ``splits.json``).
+
+    Returns:
+        The dataset folder.
+
+    Raises:
+        ReproduceError: neither a dataset nor a source to import it from.
+    """
+    if (root / "dataset.json").is_file():
+        return root
+    if source is None or not (source / "splits.json").is_file():
+        raise ReproduceError(
+            f"no dataset at {root} (dataset.json missing) and no source to import it from "
+            f"({source}); give --source with the BTCV + CHAOS release or import it yourself: "
+            f"ummkd data import alpnet SRC --out {root}"
+        )
+    from ummkd.data.importers.alpnet import import_alpnet
+
+    print(f"[ummkd] importing {source} -> {root} (alpnet importer)", flush=True)
+    return import_alpnet(source, root)
+
+
+def newest_summary(run_dir: Path) -> Path:
+    """The newest ``summary.json`` below a run folder (written by ``ummkd test``)."""
+    found = sorted(run_dir.rglob("summary.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ReproduceError(f"ummkd test wrote no summary.json below {run_dir}")
+    return found[-1]
+
+
+def best_val_dice(run_dir: Path) -> float | None:
+    """The validation Dice of the best checkpoint, read from its file name."""
+    found = sorted(run_dir.rglob("best*.ckpt"), key=lambda p: p.stat().st_mtime)
+    match = _BEST_DICE.search(found[-1].name) if found else None
+    return float(match.group(1)) if match else None
+
+
+def _run(command: Sequence[str], log: Path) -> float:
+    """Run a command with its output appended to ``log``; return its wall time in seconds."""
+    print("[ummkd] $ " + shlex.join(command), flush=True)
+    start = time.perf_counter()
+    with log.open("a") as stream:
+        stream.write("$ " + shlex.join(command) + "\n")
+        stream.flush()
+        code = subprocess.call(list(command), stdout=stream, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    if code:
+        raise ReproduceError(f"command failed (exit code {code}), see {log}: {shlex.join(command)}")
+    return seconds
+
+
+def run_variant(
+    variant: str,
+    seed: int,
+    *,
+    scale: str,
+    config_dir: Path,
+    data_root: Path,
+    runs_root: Path,
+    extra: Sequence[str] = (),
+    executable: Sequence[str] = ("ummkd",),
+    rerun: bool = False,
+) -> dict[str, Any]:
+    """Train and test one variant with one seed, or reuse its finished record.
+
+    Returns:
+        The record: commands, wall times, best validation Dice, weight count and the test
+        summary (as written by ``ummkd test``).
+    """
+    run_dir = runs_root / scale / variant / f"seed{seed}"
+    record_path = run_dir / RECORD
+    if record_path.is_file() and not rerun:
+        print(f"[ummkd] {variant} seed {seed}: reusing {record_path}", flush=True)
+        return json.loads(record_path.read_text())
+    if run_dir.exists() and any(run_dir.iterdir()):
+        # An unfinished or rerun run: keep it for inspection, start in a fresh folder.
+        run_dir.rename(run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    configs = variant_configs(config_dir, variant, scale)
+    fit, test = run_commands(
+        configs=configs,
+        data_root=data_root,
+        run_dir=run_dir,
+        seed=seed,
+        extra=extra,
+        executable=executable,
+    )
+    log = run_dir / "reproduce.log"
+    fit_seconds = _run(fit, log)
+    test_seconds = _run(test, log)
+    summary_path = newest_summary(run_dir)
+    summary = json.loads(summary_path.read_text())
+    record = {
+        "variant": variant,
+        "seed": seed,
+        "scale": scale,
+        "commit": git_commit(),
+        "fit_command": shlex.join(fit),
+        "test_command": shlex.join(test),
+        "fit_seconds": round(fit_seconds, 1),
+        "test_seconds": round(test_seconds, 1),
+        "val_dice_best": best_val_dice(run_dir),
+        "parameters": summary.get("parameters"),
+        "summary_path": str(summary_path),
+        "summary": summary,
+    }
+    atomic_write_bytes(record_path, (json.dumps(record, indent=2) + "\n").encode())
+    return record
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate(records: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+    """Combine the runs of each variant.
+
+    With one seed the spread is the standard deviation over test cases (as ``ummkd test``
+    reports it); with several seeds it is the standard deviation between the seeds' means.
+
+    Args:
+        records: variant -> its records (one per seed).
+
+    Returns:
+        variant -> ``{"seeds", "parameters", "fit_seconds", "val_dice_best", "modalities"}``
+        where ``modalities`` maps each tested modality to ``{"dice", "assd"}`` (overall) and
+        ``"per_class"`` (class -> ``{"dice", "assd"}``), each a ``{"mean", "std", "over"}``.
+    """
+    result: dict[str, Any] = {}
+    for variant, runs in records.items():
+        if not runs:
+            continue
+        over = "seeds" if len(runs) > 1 else "test cases"
+        modalities: dict[str, Any] = {}
+        for modality in runs[0]["summary"]["modalities"]:
+            per_run = [r["summary"]["modalities"][modality] for r in runs]
+            entry: dict[str, Any] = {"n_cases": per_run[0]["n_cases"], "per_class": {}}
+            for metric in ("dice", "assd"):
+                if len(runs) > 1:
+                    mean, std = _mean_std([m["mean"][metric] for m in per_run])
+                else:
+                    mean, std = per_run[0]["mean"][metric], per_run[0]["std"][metric]
+                entry[metric] = {"mean": mean, "std": std, "over": over}
+            for name in runs[0]["summary"]["classes"]:
+                cls: dict[str, Any] = {}
+                for metric in ("dice", "assd"):
+                    if len(runs) > 1:
+                        mean, std = _mean_std([m["per_class"][name][metric] for m in per_run])
+                    else:
+                        pc = per_run[0]["per_class"][name]
+                        mean, std = pc[metric], pc[f"{metric}_std"]
+                    cls[metric] = {"mean": mean, "std": std, "over": over}
+                entry["per_class"][name] = cls
+            modalities[modality] = entry
+        result[variant] = {
+            "seeds": [r["seed"] for r in runs],
+            "parameters": runs[0].get("parameters"),
+            "fit_seconds": _mean_std([r["fit_seconds"] for r in runs]),
+            "val_dice_best": _mean_std([r.get("val_dice_best") for r in runs]),
+            "modalities": modalities,
+        }
+    return result
+
+
+def _fmt(stat: Mapping[str, Any] | None, digits: int) -> str:
+    if not stat or stat.get("mean") is None:
+        return "—"
+    mean, std = stat["mean"], stat["std"]
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
+
+
+def _minutes(pair: Sequence[float | None]) -> str:
+    mean, std = pair
+    if mean is None:
+        return "—"
+    return f"{mean / 60:.1f}" + (f" ± {std / 60:.1f}" if std else "")
+
+
+def results_markdown(report: Mapping[str, Any]) -> str:
+    """Render the reproduction report as markdown (overview table, then per-organ tables)."""
+    agg = report["variants"]
+    modalities = report["modalities"]
+    classes = report["classes"]
+    lines = [
+        f"# Abdominal 2D comparison, scale `{report['scale']}`",
+        "",
+        f"- Date: {report['date']}; report written at git commit `{report['commit']}` "
+        "(each run's own commit is listed under Runs)",
+        f"- Machine: {report['machine']}",
+        f"- Data: `{report['data_root']}` (BTCV CT + CHAOS T2-SPIR MR, fixed split: "
+        f"{report['n_test']} test cases); checkpoint chosen on validation Dice, numbers on test.",
+        f"- Seeds: {', '.join(map(str, report['seeds']))}. Spread: "
+        + (
+            "standard deviation between seeds (of each run's mean over test cases)."
+            if len(report["seeds"]) > 1
+            else "standard deviation over test cases (one seed)."
+        ),
+        f"- Scale: {report['scale_note']}",
+        f"- Command: `{report['command']}`",
+        "",
+        "| variant | what | weights | train min | val Dice | "
+        + " | ".join(f"{m.upper()} Dice | {m.upper()} ASSD mm" for m in modalities)
+        + " |",
+        "|---|---|---|---|---|" + "---|---|" * len(modalities),
+    ]
+    for variant, entry in agg.items():
+        params = entry["parameters"]
+        row = [
+            f"`{variant}`",
+            DESCRIPTIONS.get(variant, ""),
+            f"{params / 1e6:.2f} M" if params else "—",
+            _minutes(entry["fit_seconds"]),
+            _fmt(dict(zip(("mean", "std"), entry["val_dice_best"], strict=True)), 3),
+        ]
+        for m in modalities:
+            result = entry["modalities"].get(m)
+            row += [_fmt(result and result["dice"], 3), _fmt(result and result["assd"], 2)]
+        lines.append("| " + " | ".join(row) + " |")
+    for m in modalities:
+        lines += [
+            "",
+            f"## {m.upper()}: Dice (ASSD mm) per organ",
+            "",
+            "| variant | " + " | ".join(classes) + " |",
+            "|---|" + "---|" * len(classes),
+        ]
+        for variant, entry in agg.items():
+            result = entry["modalities"].get(m)
+            if not result:
+                continue
+            per_class = result["per_class"]
+            cells = [
+                f"{_fmt(per_class[c]['dice'], 3)} ({_fmt(per_class[c]['assd'], 1)})"
+                for c in classes
+            ]
+            lines.append(f"| `{variant}` | " + " | ".join(cells) + " |")
+    lines += ["", "## Runs", ""]
+    for record in report["runs"]:
+        lines += [
+            f"- `{record['variant']}` seed {record['seed']}: fit {record['fit_seconds']:.0f} s, "
+            f"test {record['test_seconds']:.0f} s, commit `{record.get('commit', 'unknown')}`",
+            f"  - `{record['fit_command']}`",
+            f"  - `{record['test_command']}`",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def results_png(report: Mapping[str, Any]) -> bytes:
+    """Grouped bars: mean test Dice per variant and modality, with the spread as error bars."""
+    agg = report["variants"]
+    variants = list(agg)
+    modalities = report["modalities"]
+    figure = Figure(figsize=(1.5 + 1.1 * len(variants), 4))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    positions = np.arange(len(variants))
+    width = 0.8 / max(1, len(modalities))
+    for i, m in enumerate(modalities):
+        means, stds = [], []
+        for variant in variants:
+            result = agg[variant]["modalities"].get(m)
+            mean = result["dice"]["mean"] if result else None
+            std = result["dice"]["std"] if result else None
+            means.append(np.nan if mean is None else mean)
+            stds.append(0.0 if std is None else std)
+        offset = (i - (len(modalities) - 1) / 2) * width
+        axes.bar(positions + offset, means, width, yerr=stds, capsize=3, label=m.upper())
+    axes.set_xticks(positions, variants, rotation=30, ha="right")
+    axes.set_ylim(0.0, 1.0)
+    axes.set_ylabel("mean test Dice (4 organs)")
+    axes.set_title(f"Abdominal 2D, scale {report['scale']}")
+    axes.legend(title="modality")
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    return buffer.getvalue()
+
+
+def git_commit() -> str:
+    """The current git commit (with ``-dirty`` for uncommitted changes), or ``unknown``."""
+    try:
+        commit = subprocess.check_output(
+            ["git", "rev-parse", "--short=12", "HEAD"], text=True, stderr=subprocess.DEVNULL
+        ).strip()
+        dirty = subprocess.check_output(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            text=True,
+            stderr=subprocess.DEVNULL,
+        ).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def machine_description() -> str:
+    """CPU model, core count, torch threads and version (for the report)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}, Python {platform.python_version()}"
+    )
+
+
+SCALE_NOTES = {
+    "cpu": "configs/abdominal_2d/cpu.yaml overlay (+ cpu_x_shape/cpu_y_shape.yaml): every "
+    "variant uses the same 5-level MONAI U-Net (16-256 channels; the multi-stream baselines give "
+    "each modality its own copy of the top 2 levels' down layers, and for X-shape also of their "
+    "up layers) instead of the paper's 39 M-weight dilated ResNet; 2 mm in-plane spacing, "
+    "160x160 crops, batch 8 per modality, 1200 steps (paper: 50,000), Adam 2e-3 x0.7 every 300 "
+    "steps, validation every 300 steps. Far below the paper's budget: compare the variants with "
+    "each other, not with the paper's numbers.",
+    "full": "the variant configs as they are (paper settings: base width 16, 256x256, 50,000 "
+    "steps).",
+}
+
+
+def write_results(report: Mapping[str, Any], results_dir: Path, stem: str) -> dict[str, Path]:
+    """Write ``<stem>.md``, ``.json`` and ``.png`` atomically into ``results_dir``."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    paths = {ext: results_dir / f"{stem}.{ext}" for ext in ("md", "json", "png")}
+    text = json.dumps(json_safe(dict(report)), indent=2, allow_nan=False) + "\n"
+    atomic_write_bytes(paths["json"], text.encode())
+    atomic_write_bytes(paths["md"], results_markdown(report).encode())
+    atomic_write_bytes(paths["png"], results_png(report))
+    return paths
+
+
+def reproduce(args: argparse.Namespace) -> dict[str, Path]:
+    """Run (or reuse) every requested variant and seed, then write the results files."""
+    data_root = ensure_dataset(args.data, args.source)
+    extra = list(args.extra)
+    if args.trainer_config:
+        extra = ["--config", str(args.trainer_config), *extra]
+    # Runs go in the order given; the report lists the variants in the paper's order.
+    records: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS if v in args.variants}
+    for seed in args.seeds:
+        for variant in args.variants:
+            records[variant].append(
+                run_variant(
+                    variant,
+                    seed,
+                    scale=args.scale,
+                    config_dir=args.configs,
+                    data_root=data_root,
+                    runs_root=args.runs,
+                    extra=extra,
+                    executable=args.executable,
+                    rerun=args.rerun,
+                )
+            )
+    runs = [r for variant_runs in records.values() for r in variant_runs]
+    tested = [r["summary"]["modalities"] for r in runs]
+    modalities = sorted({m for result in tested for m in result})
+    n_test = sum(max(t[m]["n_cases"] for t in tested if m in t) for m in modalities)
+    command = "ummkd reproduce " + shlex.join(args.argv)
+    report = {
+        "scale": args.scale,
+        "scale_note": SCALE_NOTES[args.scale],
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": git_commit(),
+        "machine": machine_description(),
+        "command": command.strip(),
+        "data_root": str(data_root),
+        "n_test": n_test,
+        "seeds": list(args.seeds),
+        "classes": runs[0]["summary"]["classes"],
+        "modalities": modalities,
+        "variants": aggregate(records),
+        "runs": [
+            {k: v for k, v in r.items() if k != "summary"}
+            for runs in records.values()
+            for r in runs
+        ],
+    }
+    stem = args.name or f"abdominal_2d_{args.scale}"
+    return write_results(report, args.results, stem)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ummkd reproduce``."""
+    parser = argparse.ArgumentParser(
+        prog="ummkd reproduce",
+        description="Train and test every variant of the paper's abdominal comparison and write "
+        "results/abdominal_2d_<scale>.{md,json,png}.",
+    )
+    parser.add_argument("--scale", choices=SCALES, default="cpu", help="cpu (default) or full")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default: 0)")
+    parser.add_argument(
+        "--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="variants to run"
+    )
+    parser.add_argument(
+        "--data", type=Path, default=Path("data/abdominal_btcv_chaos"), help="dataset folder"
+    )
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=Path("../shared/data/abdominal_btcv_chaos"),
+        help="BTCV + CHAOS release imported into --data when it holds no dataset yet",
+    )
+    parser.add_argument(
+        "--configs", type=Path, default=Path("configs/abdominal_2d"), help="variant configs"
+    )
+    parser.add_argument(
+        "--trainer-config", type=Path, help="trainer profile added to every run, e.g. gpu.yaml"
+    )
+    parser.add_argument(
+        "--runs", type=Path, default=Path("runs/reproduce"), help="root of the run folders"
+    )
+    parser.add_argument("--results", type=Path, default=Path("results"), help="results folder")
+    parser.add_argument("--name", help="results file stem (default: abdominal_2d_<scale>)")
+    parser.add_argument(
+        "--rerun", action="store_true", help="train again even where a finished record exists"
+    )
+    parser.add_argument(
+        "--extra",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="remaining arguments go to every ummkd fit/test command (give it last)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``ummkd reproduce``.
+
+    Args:
+        argv: Arguments after ``reproduce`` (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit code: 0 on success, 1 on a user-facing problem.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    args.executable = [sys.executable, "-m", "ummkd"]
+    try:
+        paths = reproduce(args)
+    except ReproduceError as error:
+        print(f"ummkd reproduce: error: {error}", file=sys.stderr)
+        return 1
+    for path in paths.values():
+        print(f"[ummkd] wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
