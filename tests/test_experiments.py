@@ -115,7 +115,7 @@ def _record(variant: str, seed: int, dice: dict[str, float]) -> dict[str, Any]:
         "test_seconds": 5.0,
         "val_dice_best": 0.5,
         "parameters": 1234,
-        "fit_command": "ummkd fit ...",
+        "fit_command": "/opt/venv/bin/python3 -m ummkd fit --config a.yaml",
         "test_command": "ummkd test ...",
         "summary": _summary(dice, ["liver", "spleen"]),
     }
@@ -160,6 +160,7 @@ def test_results_files(tmp_path: Path) -> None:
     assert "| `ummkd` |" in text and "0.800 ± 0.050" in text
     single_row = next(line for line in text.splitlines() if line.startswith("| `single_ct` |"))
     assert single_row.count("—") == 2  # no MR Dice, no MR ASSD
+    assert "`ummkd fit --config a.yaml`" in text  # shown as typed, not as python -m ummkd
     paths = write_results(report, tmp_path / "results", "abdominal_2d_cpu")
     assert json.loads(paths["json"].read_text())["variants"]["ummkd"]["parameters"] == 1234
     assert paths["png"].read_bytes().startswith(b"\x89PNG")

@@ -333,6 +333,11 @@ def _minutes(pair: Sequence[float | None]) -> str:
     return f"{mean / 60:.1f}" + (f" ± {std / 60:.1f}" if std else "")
 
 
+def _display(command: str) -> str:
+    """A recorded command as a user types it (``ummkd ...`` instead of ``python -m ummkd``)."""
+    return re.sub(r"^\S*python\S* -m ummkd ", "ummkd ", command)
+
+
 def results_markdown(report: Mapping[str, Any]) -> str:
     """Render the reproduction report as markdown (overview table, then per-organ tables)."""
     agg = report["variants"]
@@ -396,8 +401,8 @@ def results_markdown(report: Mapping[str, Any]) -> str:
         lines += [
             f"- `{record['variant']}` seed {record['seed']}: fit {record['fit_seconds']:.0f} s, "
             f"test {record['test_seconds']:.0f} s, commit `{record.get('commit', 'unknown')}`",
-            f"  - `{record['fit_command']}`",
-            f"  - `{record['test_command']}`",
+            f"  - `{_display(record['fit_command'])}`",
+            f"  - `{_display(record['test_command'])}`",
         ]
     return "\n".join(lines) + "\n"
 

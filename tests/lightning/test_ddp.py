@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -97,7 +98,7 @@ def tiny_config(path: Path, root: Path, run_dir: Path, **data: Any) -> Path:
     return path
 
 
-def _datamodule(root: Path) -> UnpairedDataModule:
+def _datamodule(root: Path, **kwargs: Any) -> UnpairedDataModule:
     return UnpairedDataModule(
         str(root),
         patch_size=[48, 48],
@@ -105,6 +106,7 @@ def _datamodule(root: Path) -> UnpairedDataModule:
         steps_per_epoch=STEPS_PER_EPOCH,
         num_workers=0,
         check="off",
+        **kwargs,
     )
 
 
@@ -246,6 +248,65 @@ def test_ddp_validation_equals_single_process_validation(
         ):
             assert c_ddp["id"] == c_one["id"]
             assert c_ddp["mean"]["dice"] == pytest.approx(c_one["mean"]["dice"], nan_ok=True)
+
+
+class _CacheRecorder(Callback):
+    """Writes which volumes each rank holds in its caches after validation."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        datasets = trainer.datamodule._datasets
+        held: dict[str, Any] = {}
+        for m in pl_module.modalities:
+            train_cache = datasets["train"][m].data.data  # Dataset(_Repeated(CacheDataset))
+            held[f"train_{m}"] = [r["id"] for r in train_cache.data]
+            val_cache = datasets["val"][m]
+            held[f"val_{m}"] = [
+                r["id"] for r, item in zip(val_cache.data, val_cache._cache, strict=True) if item
+            ]
+        path = os.path.join(self.out_dir, f"rank{trainer.global_rank}_cache.json")
+        with open(path, "w") as f:
+            json.dump(held, f)
+
+
+@pytest.mark.slow
+def test_shard_cases_gives_each_rank_its_own_cases_and_cache(
+    ddp_dataset: Path, tmp_path: Path
+) -> None:
+    """With ``shard_cases`` each rank caches and samples only its share; validation still
+    covers every case once."""
+    trainer = _trainer(
+        tmp_path,
+        strategy="ddp_spawn",
+        devices=WORLD_SIZE,
+        max_epochs=1,
+        callbacks=[_Recorder(str(tmp_path)), _CacheRecorder(str(tmp_path))],
+    )
+    trainer.fit(_module(), datamodule=_datamodule(ddp_dataset, shard_cases=True))
+    held = [json.loads((tmp_path / f"rank{r}_cache.json").read_text()) for r in (0, 1)]
+    seen = [json.loads((tmp_path / f"rank{r}_indices.json").read_text()) for r in (0, 1)]
+    for m in ("ct", "mr"):
+        shares = [h[f"train_{m}"] for h in held]
+        assert shares == [[f"{m}_000"], [f"{m}_001"]], m
+        for rank in (0, 1):
+            ids = {i for step in seen[rank] for i in step[f"{m}_ids"]}
+            assert ids == set(shares[rank]), f"{m} rank {rank} sampled outside its share"
+        val_held = [h[f"val_{m}"] for h in held]
+        # DistributedSampler hands each rank ceil(n / 2) volumes; only those get cached.
+        assert all(len(v) <= -(-len(VAL_CASES[m]) // WORLD_SIZE) for v in val_held), val_held
+        assert set(val_held[0]) | set(val_held[1]) == set(VAL_CASES[m])
+    summary = json.loads((tmp_path / "rank0_summary.json").read_text())["summary"]
+    for m, ids in VAL_CASES.items():
+        assert [c["id"] for c in summary["modalities"][m]["cases"]] == ids
+
+
+def test_shard_cases_needs_a_case_per_rank(ddp_dataset: Path) -> None:
+    datamodule = _datamodule(ddp_dataset, shard_cases=True)
+    datamodule.trainer = SimpleNamespace(global_rank=0, world_size=3)
+    with pytest.raises(ValueError, match="2 'ct' training case"):
+        datamodule.setup("fit")
 
 
 @pytest.mark.slow

@@ -341,3 +341,30 @@ def test_inference_pads_slices_to_the_networks_total_stride() -> None:
     assert probs.shape == (NUM_CLASSES, 21, 22, 5)
     assert torch.allclose(probs.sum(0), torch.ones(21, 22, 5), atol=1e-5)
     assert _module(unet, inference_divisible=32).inference_divisible == 32
+
+
+# ---------------------------------------------------------------------------- torch.compile
+def test_compiled_module_compiles_once_per_modality_and_mode(monkeypatch: pytest.MonkeyPatch):
+    """`compile=True`: alternating modalities every step must not recompile every step."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model: real_compile(model, backend=counter))
+    module = _module(_tiny_net(), compile=True)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.01)
+    for step in range(4):
+        loss = module.training_step(_batch(seed=step), step)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert counter.frame_count == 2, "one graph per modality in training"
+    module.eval()
+    volume = torch.randn(1, 32, 32, 4)
+    with torch.no_grad():
+        for _ in range(2):
+            for modality in ("ct", "mr"):
+                module.predict_volume(volume, modality)
+    assert counter.frame_count == 4, "plus one per modality in evaluation mode"
+    torch._dynamo.reset()

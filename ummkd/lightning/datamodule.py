@@ -131,6 +131,12 @@ class UnpairedDataModule(pl.LightningDataModule):
             ``"none"`` for the deterministic preprocessing.
         cache_dir: Directory of the disk cache (default ``<root>/.cache``), one folder per
             modality, split and preprocessing setting; may be shared by the ranks of a DDP job.
+        shard_cases: Under DDP, each rank loads, caches and samples only its share of the
+            training cases (``cases[rank::world_size]`` per modality), and caches validation /
+            test volumes only when its sampler first asks for them, so memory per rank shrinks
+            with the number of devices instead of every rank holding the whole dataset. The
+            global batch still mixes all ranks' cases; each rank's share stays fixed for the
+            run. Needs at least ``world_size`` training cases per modality.
         num_workers: Loader workers per modality loader.
         val_max_cases: Validate on at most this many cases per modality (``None``: all).
         predict_images: Glob pattern(s) or paths of images to predict.
@@ -157,6 +163,7 @@ class UnpairedDataModule(pl.LightningDataModule):
         modality_augmentation: dict[str, AugmentationConfig | None] | None = None,
         cache: Literal["memory", "disk", "none"] = "memory",
         cache_dir: str | None = None,
+        shard_cases: bool = False,
         num_workers: int = 2,
         val_max_cases: int | None = None,
         predict_images: str | list[str] | None = None,
@@ -179,6 +186,7 @@ class UnpairedDataModule(pl.LightningDataModule):
         self.modality_augmentation = dict(modality_augmentation or {})
         self.cache = cache
         self.cache_dir = Path(cache_dir) if cache_dir else self.root / ".cache"
+        self.shard_cases = shard_cases
         self.num_workers = num_workers
         self.val_max_cases = val_max_cases
         self.predict_images = predict_images
@@ -318,12 +326,38 @@ class UnpairedDataModule(pl.LightningDataModule):
             )
         return [_record(c) for c in cases]
 
+    def _world(self) -> tuple[int, int]:
+        """``(rank, world_size)`` of this process (``(0, 1)`` without a trainer)."""
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def _rank_share(self, records: list[dict[str, Any]], modality: str) -> list[dict[str, Any]]:
+        """This rank's training cases when ``shard_cases`` is on under DDP, else all of them."""
+        rank, world_size = self._world()
+        if not self.shard_cases or world_size == 1:
+            return records
+        if len(records) < world_size:
+            raise ValueError(
+                f"data.shard_cases: {len(records)} {modality!r} training case(s) cannot be "
+                f"shared by {world_size} ranks; turn shard_cases off or use fewer devices."
+            )
+        return records[rank::world_size]
+
     def _cached(
         self, records: list[dict[str, Any]], transform: Compose, modality: str, split: str
     ) -> Dataset:
         if self.cache == "memory":
+            # Sharded evaluation: each rank's sampler reads only its share of the volumes, so
+            # cache them on first use instead of preprocessing all of them on every rank.
+            lazy = split != "train" and self.shard_cases and self._world()[1] > 1
             return CacheDataset(
-                records, transform, cache_rate=1.0, num_workers=None, progress=False
+                records,
+                transform,
+                cache_rate=1.0,
+                num_workers=None,
+                progress=False,
+                runtime_cache=lazy,
             )
         if self.cache == "disk":
             # PersistentDataset keys its files by the record only, so the folder name carries
@@ -347,10 +381,9 @@ class UnpairedDataModule(pl.LightningDataModule):
         )
 
     def _train_dataset(self, modality: str) -> Dataset:
-        cached = self._cached(
-            self._records(modality, "train"), self._deterministic(modality), modality, "train"
-        )
-        world_size = self.trainer.world_size if self.trainer is not None else 1
+        records = self._rank_share(self._records(modality, "train"), modality)
+        cached = self._cached(records, self._deterministic(modality), modality, "train")
+        world_size = self._world()[1]
         length = self.steps_per_epoch * self.batch_size * world_size
         sampler = random_transforms(
             self.mode,
