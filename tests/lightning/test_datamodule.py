@@ -185,18 +185,53 @@ def test_foreground_oversampling(tiny_dataset: Path) -> None:
     assert min(fractions) < 1.0
 
 
-def test_reseed_makes_training_samples_reproducible(tiny_dataset: Path) -> None:
-    dm = _dm(tiny_dataset, foreground_prob=0.5)
+def _epoch_batches(dm: UnpairedDataModule, epoch: int) -> list[dict]:
+    loader = dm.train_dataloader()
+    for iterable in loader.iterables.values():
+        iterable.sampler.set_epoch(epoch)
+    return [batch for batch, _, _ in loader]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_seeded_samples_do_not_depend_on_workers_or_random_state(
+    tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch, num_workers: int
+) -> None:
+    """With a global seed an epoch's batches are a function of (seed, epoch) only."""
+    monkeypatch.setenv("PL_GLOBAL_SEED", "123")
+    reference = _dm(tiny_dataset, foreground_prob=0.5)
+    reference.setup("fit")
+    other = _dm(tiny_dataset, foreground_prob=0.5, num_workers=num_workers)
+    other.setup("fit")
+    torch.manual_seed(0)
+    first = _epoch_batches(reference, epoch=1)
+    torch.manual_seed(99)  # the global random state must not matter
+    _epoch_batches(other, epoch=0)  # nor what was drawn before
+    again = _epoch_batches(other, epoch=1)
+    epoch0 = _epoch_batches(reference, epoch=0)
+    assert len(first) == len(again) == reference.steps_per_epoch
+    for a, b, c in zip(first, again, epoch0, strict=True):
+        for m in ("ct", "mr"):
+            assert torch.equal(a[m]["sample_index"], b[m]["sample_index"])
+            assert torch.equal(a[m]["slice_index"], b[m]["slice_index"])
+            torch.testing.assert_close(a[m]["image"], b[m]["image"])
+            assert not torch.equal(a[m]["image"], c[m]["image"]), "epochs must differ"
+
+
+def test_sampler_resumes_inside_an_epoch(tiny_dataset: Path, monkeypatch) -> None:
+    """A loader whose epoch already ran k batches yields the epoch's remaining batches."""
+    monkeypatch.setenv("PL_GLOBAL_SEED", "5")
+    dm = _dm(tiny_dataset, steps_per_epoch=3)
     dm.setup("fit")
-    draws = []
-    for _ in range(2):
-        dm.reseed(123)
-        torch.manual_seed(0)  # loader shuffling
-        batch, _, _ = next(iter(dm.train_dataloader()))
-        draws.append(batch)
-    for m in ("ct", "mr"):
-        assert torch.equal(draws[0][m]["slice_index"], draws[1][m]["slice_index"])
-        torch.testing.assert_close(draws[0][m]["image"], draws[1][m]["image"])
+    full = _epoch_batches(dm, epoch=2)
+    loader = dm.train_dataloader()
+    for iterable in loader.iterables.values():
+        iterable.sampler.set_epoch(2)
+        iterable.batches_done = lambda: 1
+    rest = [batch for batch, _, _ in loader]
+    assert len(rest) == 2
+    for a, b in zip(full[1:], rest, strict=True):
+        for m in ("ct", "mr"):
+            torch.testing.assert_close(a[m]["image"], b[m]["image"])
 
 
 def test_disk_cache_is_keyed_by_the_preprocessing(tiny_dataset: Path, tmp_path: Path) -> None:

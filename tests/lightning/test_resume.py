@@ -59,12 +59,16 @@ def _metric(run_dir: Path, key: str) -> dict[int, float]:
 
 
 @pytest.mark.slow
-def test_resume_equals_uninterrupted_training(tiny_dataset: Path, tmp_path: Path) -> None:
-    """2 epochs + resume for 2 more == 4 epochs straight (augmentation, sampling, dropout on)."""
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_equals_uninterrupted_training(
+    tiny_dataset: Path, tmp_path: Path, num_workers: int
+) -> None:
+    """2 epochs + resume for 2 more == 4 epochs straight (augmentation, sampling, dropout on),
+    with the samples drawn in the main process or in (persistent) worker processes."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    config_a = tiny_config(tmp_path / "a.yaml", tiny_dataset, straight)
+    config_a = tiny_config(tmp_path / "a.yaml", tiny_dataset, straight, num_workers=num_workers)
     _fit(config_a, "--trainer.max_epochs=4")
-    config_b = tiny_config(tmp_path / "b.yaml", tiny_dataset, resumed)
+    config_b = tiny_config(tmp_path / "b.yaml", tiny_dataset, resumed, num_workers=num_workers)
     _fit(config_b, "--trainer.max_epochs=2")
     half_path = _newest(resumed)
     half = _load(half_path)
@@ -89,6 +93,46 @@ def test_resume_equals_uninterrupted_training(tiny_dataset: Path, tmp_path: Path
     assert sorted(best_a) == sorted(best_b) == [0, 1, 2, 3]
     for epoch in range(4):
         assert best_b[epoch] == pytest.approx(best_a[epoch], abs=1e-5), epoch
+
+
+def _assert_same_training_state(a: dict, b: dict) -> None:
+    assert a["global_step"] == b["global_step"]
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    for group_a, group_b in zip(
+        a["optimizer_states"][0]["state"].values(),
+        b["optimizer_states"][0]["state"].values(),
+        strict=True,
+    ):
+        torch.testing.assert_close(group_b["exp_avg"], group_a["exp_avg"], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_resume_from_the_middle_of_an_epoch_is_exact(tiny_dataset: Path, tmp_path: Path) -> None:
+    """A checkpoint after batch 1 of epoch 1 (step 4 of 3-step epochs, e.g. SLURM's
+    ``hpc_ckpt``) resumes with the remaining batches of that epoch, exactly as uninterrupted."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    every_2_steps = tmp_path / "steps.yaml"
+    every_2_steps.write_text(
+        "trainer:\n"
+        "  callbacks:\n"
+        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        "      init_args:\n"
+        f"        dirpath: {tmp_path / 'steps'}\n"
+        "        filename: step{step}\n"
+        "        auto_insert_metric_name: false\n"
+        "        every_n_train_steps: 2\n"
+        "        save_top_k: -1\n"
+    )
+    config_a = tiny_config(tmp_path / "a.yaml", tiny_dataset, straight, num_workers=1)
+    _fit(config_a, "--config", str(every_2_steps), "--trainer.max_epochs=3")
+    middle = tmp_path / "steps" / "step4.ckpt"
+    assert _load(middle)["global_step"] == 4  # epoch 1, one of its 3 batches done
+    config_b = tiny_config(tmp_path / "b.yaml", tiny_dataset, resumed, num_workers=1)
+    _fit(config_b, "--trainer.max_epochs=3", f"--ckpt_path={middle}")
+    a, b = _load(_newest(straight)), _load(_newest(resumed))
+    assert a["global_step"] == 3 * STEPS
+    _assert_same_training_state(a, b)
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,8 +21,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
-from monai.transforms import Compose
-from torch.utils.data import Sampler
+from monai.transforms import Compose, apply_transform
+from torch.utils.data import DistributedSampler
 
 from ummkd.data.dataset_spec import Case, DatasetSpec, check_dataset, load_dataset
 from ummkd.data.synthetic import make_synthetic_dataset
@@ -54,48 +54,113 @@ class SyntheticOptions:
     dim: int = 3
 
 
-class _Repeated(Sequence):
-    """Index a dataset cyclically so that one epoch holds a chosen number of samples.
+class _TrainingSamples(Dataset):
+    """One epoch of training samples, cycling over the cached cases.
 
-    Every item is a shallow copy of the cached record with its epoch position added as
-    ``"sample_index"`` (collated into the training batches; used to check DDP sharding).
+    The sampler's indices are ``epoch * len(self) + position``; each item is a shallow copy of
+    a cached record with its epoch ``position`` added as ``"sample_index"`` (collated into the
+    batches; used to check DDP sharding). With a ``seed``, the random transforms (slice / patch
+    sampling and augmentation) are reseeded for every item from ``(seed, stream, epoch,
+    position)``, so a sample depends neither on the worker process that draws it nor on the
+    samples drawn before it: a resumed run draws exactly the samples of an uninterrupted one,
+    with any number of loader workers.
     """
 
-    def __init__(self, data: Sequence, length: int) -> None:
-        self.data = data
-        self.length = length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> Any:  # type: ignore[override]
-        if index >= self.length:
-            raise IndexError(index)
-        return {**self.data[index % len(self.data)], "sample_index": index}
-
-
-class _EpochShuffleSampler(Sampler[int]):
-    """A random permutation that is a function of ``(seed, epoch)`` only.
-
-    Lightning calls :meth:`set_epoch` at every epoch start (as for its ``DistributedSampler``), so
-    an epoch's order does not depend on the global random state, which checkpoints do not hold.
-    """
-
-    def __init__(self, length: int, seed: int) -> None:
+    def __init__(
+        self,
+        cases: Sequence,
+        length: int,
+        transform: Compose,
+        seed: int | None = None,
+        stream: int = 0,
+    ) -> None:
+        super().__init__(cases, transform)
         self.length = length
         self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.stream = stream
 
     def __len__(self) -> int:
         return self.length
 
-    def __iter__(self) -> Any:
+    def _transform(self, index: int) -> Any:
+        epoch, position = divmod(int(index), self.length)
+        record = {**self.data[position % len(self.data)], "sample_index": position}
+        if self.seed is not None:
+            entropy = [self.seed, self.stream, epoch, position]
+            self.transform.set_random_state(
+                seed=int(np.random.SeedSequence(entropy).generate_state(1)[0])
+            )
+        return apply_transform(self.transform, record)
+
+
+class _EpochSampler(DistributedSampler):
+    """This rank's share of a random order that is a function of ``(seed, epoch)`` only.
+
+    Yields ``epoch * len(dataset) + position`` (see :class:`_TrainingSamples`). Lightning calls
+    :meth:`set_epoch` at every epoch start and leaves a ``DistributedSampler`` in place under
+    DDP, so the same class serves one process and many. :meth:`start_at` skips the positions a
+    resumed run already trained on in its first (interrupted) epoch.
+    """
+
+    def __init__(self, dataset: Dataset, *, num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.start = 0
+
+    def start_at(self, position: int) -> None:
+        """Begin the current epoch at this position of this rank's share."""
+        self.start = position
+
+    def __iter__(self) -> Iterator[int]:
+        length = len(self.dataset)
         state = np.random.SeedSequence([self.seed, self.epoch]).generate_state(2)
         generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-        return iter(torch.randperm(self.length, generator=generator).tolist())
+        order = torch.randperm(length, generator=generator).tolist()
+        order += order[: self.total_size - length]  # pad like DistributedSampler
+        share = order[self.rank : self.total_size : self.num_replicas]
+        return iter([self.epoch * length + p for p in share[self.start :]])
+
+
+class _TrainingLoader(DataLoader):
+    """A DataLoader that creates its iterator (and starts its workers) at the first batch.
+
+    Lightning calls ``iter()`` on the training loader before ``set_epoch`` and before
+    ``on_train_epoch_start`` when a run starts or resumes, and a multi-process iterator draws
+    sampler indices as soon as it exists. Deferring it to the first ``next()`` lets the sampler
+    see the right epoch and, through ``batches_done``, skip the batches a resumed run already
+    trained on in its interrupted epoch.
+
+    Attributes:
+        batches_done: returns the batches of the current epoch already trained on (set by
+            the datamodule; ``None``: start every epoch at its first batch).
+    """
+
+    batches_done: Callable[[], int] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        return _DeferredIterator(self)
+
+
+class _DeferredIterator:
+    """Iterator of :class:`_TrainingLoader` that builds the real one on the first ``next()``."""
+
+    def __init__(self, loader: _TrainingLoader) -> None:
+        self.loader = loader
+        self.iterator: Iterator[Any] | None = None
+
+    def __iter__(self) -> _DeferredIterator:
+        return self
+
+    def __next__(self) -> Any:
+        if self.iterator is None:
+            sampler = self.loader.sampler
+            if isinstance(sampler, _EpochSampler) and self.loader.batches_done is not None:
+                sampler.start_at(self.loader.batches_done() * (self.loader.batch_size or 1))
+            self.iterator = DataLoader.__iter__(self.loader)
+        return next(self.iterator)
 
 
 class UnpairedDataModule(pl.LightningDataModule):
@@ -279,26 +344,6 @@ class UnpairedDataModule(pl.LightningDataModule):
             f"per modality {self.batch_size * world_size * accumulate}"
         )
 
-    def reseed(self, seed: int) -> None:
-        """Reseed the random training transforms (sampling and augmentation) of every modality.
-
-        :class:`~ummkd.lightning.module.UMMKDModule` calls this at the start of every training
-        epoch with a seed derived from the global seed, the epoch and the rank, so that an epoch's
-        samples do not depend on the random state left by earlier epochs and a run resumed from a
-        checkpoint draws the same samples as an uninterrupted one. This reaches the transforms of
-        this process, i.e. the samples of ``num_workers=0`` loaders; worker processes are seeded
-        by MONAI's ``worker_init_fn`` when they start.
-
-        Args:
-            seed: Base seed; modality ``i`` uses a seed derived from ``(seed, i)``.
-        """
-        for i, m in enumerate(self.modalities):
-            dataset = self._datasets["train"].get(m)
-            if dataset is None:
-                continue
-            state = np.random.SeedSequence([seed, i]).generate_state(1)[0]
-            dataset.transform.set_random_state(seed=int(state))
-
     def preprocessing(self, modality: str) -> ModalityPreprocessing:
         """Deterministic preprocessing settings of ``modality`` (CT window resolved)."""
         if modality not in self._preprocessing:
@@ -392,7 +437,11 @@ class UnpairedDataModule(pl.LightningDataModule):
             foreground_prob=self.foreground_prob,
             augmentation=self.modality_augmentation.get(modality, self.augmentation),
         )
-        return Dataset(_Repeated(cached, length), sampler)
+        seed = _global_seed()
+        stream = self.modalities.index(modality)
+        if seed is not None and self.shard_cases:
+            stream += len(self.modalities) * self._world()[0]  # each rank its own cases
+        return _TrainingSamples(cached, length, sampler, seed=seed, stream=stream)
 
     def _eval_dataset(self, modality: str, split: str) -> Dataset:
         return self._cached(
@@ -426,63 +475,52 @@ class UnpairedDataModule(pl.LightningDataModule):
         return self._predict_transform
 
     # ------------------------------------------------------------------ loaders
-    def _loader(
-        self,
-        dataset: Dataset,
-        *,
-        shuffle: bool,
-        batch_size: int,
-        sampler: Sampler | None = None,
-        generator: torch.Generator | None = None,
-    ) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle and sampler is None,
-            sampler=sampler,
-            generator=generator,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            drop_last=shuffle,
-        )
-
-    def _train_sampling(
-        self, dataset: Dataset, index: int
-    ) -> tuple[Sampler | None, torch.Generator]:
-        """Shuffling of one training loader that does not depend on the global random state.
-
-        With a global seed (``seed_everything``), a single process shuffles with a sampler seeded
-        by ``(seed, modality, epoch)``; under DDP Lightning injects a ``DistributedSampler``
-        (seeded by the global seed and the epoch). The loader gets its own generator, so creating
-        its iterator (which draws the workers' base seed) does not consume the global random
-        stream (dropout) either: an epoch's randomness is then independent of when Lightning
-        creates the iterator, which differs between a resumed and an uninterrupted run.
-        """
-        seed = os.environ.get("PL_GLOBAL_SEED")
-        world_size = self.trainer.world_size if self.trainer is not None else 1
-        if seed is None:
-            generator_seed = int(torch.empty((), dtype=torch.int64).random_().item())
-            return None, torch.Generator().manual_seed(generator_seed)
-        loader_seed = int(seed) % 2**32 + 7919 * index
-        generator = torch.Generator().manual_seed(loader_seed)
-        if world_size > 1:
-            return None, generator
-        return _EpochShuffleSampler(len(dataset), seed=loader_seed), generator
-
     def train_dataloader(self) -> CombinedLoader:
-        """One shuffled loader per modality, combined in ``max_size_cycle`` mode."""
+        """One shuffled loader per modality, combined in ``max_size_cycle`` mode.
+
+        With a global seed (``seed_everything``) every loader uses an :class:`_EpochSampler`
+        (order a function of the seed, the modality and the epoch; one share per DDP rank) and
+        the samples are seeded per item (:class:`_TrainingSamples`): an epoch's batches do not
+        depend on the random state, the worker count or on when Lightning creates the
+        iterator, so a resumed run, also from a checkpoint in the middle of an epoch,
+        continues with exactly the batches of the uninterrupted run. Without a seed, loaders
+        shuffle from fresh entropy (under DDP Lightning injects its ``DistributedSampler``).
+        """
+        seed = _global_seed()
+        rank, world_size = self._world()
         loaders = {}
         for i, m in enumerate(self.modalities):
             dataset = self._datasets["train"][m]
-            sampler, generator = self._train_sampling(dataset, i)
-            loaders[m] = self._loader(
+            if seed is None:
+                entropy = int(torch.empty((), dtype=torch.int64).random_().item())
+                sampler, generator = None, torch.Generator().manual_seed(entropy)
+            else:
+                loader_seed = seed + 7919 * i
+                sampler = _EpochSampler(
+                    dataset, num_replicas=world_size, rank=rank, seed=loader_seed
+                )
+                # The loader's own generator (workers' base seed) keeps iterator creation from
+                # consuming the global random stream that drives dropout.
+                generator = torch.Generator().manual_seed(loader_seed)
+            loader = _TrainingLoader(
                 dataset,
-                shuffle=True,
                 batch_size=self.batch_size,
+                shuffle=sampler is None,
                 sampler=sampler,
                 generator=generator,
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+                drop_last=True,
             )
+            loader.batches_done = self._batches_done_this_epoch
+            loaders[m] = loader
         return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def _batches_done_this_epoch(self) -> int:
+        """Training batches of the current epoch already run (non-zero only when resuming)."""
+        if self.trainer is None:
+            return 0
+        return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.ready)
 
     def _eval_loaders(self, split: str) -> list[DataLoader]:
         return [
@@ -567,3 +605,9 @@ def _synthesize_atomically(root: Path, options: SyntheticOptions) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _global_seed() -> int | None:
+    """The global seed set by ``seed_everything`` (``PL_GLOBAL_SEED``), or ``None``."""
+    seed = os.environ.get("PL_GLOBAL_SEED")
+    return None if seed is None else int(seed) % 2**32

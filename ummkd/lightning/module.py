@@ -278,26 +278,24 @@ class UMMKDModule(pl.LightningModule):
             f"non-finite logits: {bad_logits or 'none'}"
         )
 
-    def on_train_epoch_start(self) -> None:
-        """Reseed the epoch's randomness from ``(global seed, epoch, rank)``.
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Reseed Python, NumPy and torch from ``(global seed, epoch, batch, rank)``.
 
         Lightning does not checkpoint random states, so without this a run resumed with
-        ``--ckpt_path`` would replay the random stream of the first epochs (augmentation, slice
-        sampling, shuffling, dropout). Only active when a global seed is set
-        (``seed_everything``, i.e. ``PL_GLOBAL_SEED``): reseeds Python, NumPy and torch and, when
-        the datamodule has a ``reseed(seed)`` method, its random training transforms.
+        ``--ckpt_path`` would replay the random stream of the first steps (dropout). Reseeding
+        every batch makes the stream a function of the position in training, also for a resume
+        from the middle of an epoch. The data side (order, sampling, augmentation) is seeded per
+        sample by :class:`~ummkd.lightning.datamodule.UnpairedDataModule`. Only active when a
+        global seed is set (``seed_everything``, i.e. ``PL_GLOBAL_SEED``).
         """
         base = os.environ.get("PL_GLOBAL_SEED")
         if base is None:
             return
-        entropy = [int(base) % 2**32, self.current_epoch, self.global_rank]
+        entropy = [int(base) % 2**32, self.current_epoch, batch_idx, self.global_rank]
         seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-        reseed = getattr(getattr(self.trainer, "datamodule", None), "reseed", None)
-        if callable(reseed):
-            reseed(seed)
 
     # ------------------------------------------------------------------ validation / test
     def on_fit_start(self) -> None:
