@@ -31,7 +31,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -47,10 +46,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-from ummkd.evaluation.report import atomic_write_bytes, json_safe
+from ummkd.evaluation.report import atomic_write_bytes, grouped_bars_png, json_safe
 
 VARIANTS = ("single_ct", "single_mr", "joint", "separate_norm", "x_shape", "y_shape", "ummkd")
 """Variants in the order of the paper's comparison table (ummkd last)."""
@@ -409,34 +406,20 @@ def results_markdown(report: Mapping[str, Any]) -> str:
 
 def results_png(report: Mapping[str, Any]) -> bytes:
     """Grouped bars: mean test Dice per variant and modality, with the spread as error bars."""
-    agg = report["variants"]
-    variants = list(agg)
-    modalities = report["modalities"]
-    figure = Figure(figsize=(1.5 + 1.1 * len(variants), 4))
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    positions = np.arange(len(variants))
-    width = 0.8 / max(1, len(modalities))
-    for i, m in enumerate(modalities):
-        means, stds = [], []
-        for variant in variants:
-            result = agg[variant]["modalities"].get(m)
-            mean = result["dice"]["mean"] if result else None
-            std = result["dice"]["std"] if result else None
-            means.append(np.nan if mean is None else mean)
-            stds.append(0.0 if std is None else std)
-        offset = (i - (len(modalities) - 1) / 2) * width
-        axes.bar(positions + offset, means, width, yerr=stds, capsize=3, label=m.upper())
-    axes.set_xticks(positions, variants, rotation=30, ha="right")
-    axes.set_ylim(0.0, 1.0)
-    axes.set_ylabel("mean test Dice (4 organs)")
-    axes.set_title(f"Abdominal 2D, scale {report['scale']}")
-    axes.legend(title="modality")
-    axes.grid(axis="y", alpha=0.3)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    return buffer.getvalue()
+    variants = list(report["variants"])
+    series = {}
+    for m in report["modalities"]:
+        results = [report["variants"][v]["modalities"].get(m) for v in variants]
+        means = [r["dice"]["mean"] if r else None for r in results]
+        stds = [r["dice"]["std"] if r else None for r in results]
+        series[m.upper()] = (means, stds)
+    return grouped_bars_png(
+        variants,
+        series,
+        ylabel="mean test Dice (all organs)",
+        title=f"Abdominal 2D, scale {report['scale']}",
+        legend="modality",
+    )
 
 
 def git_commit() -> str:

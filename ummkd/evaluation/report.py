@@ -13,7 +13,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +123,7 @@ def results_table(summary: Mapping[str, Any], *, title: str = DEFAULT_TITLE) -> 
 def dice_plot_png(summary: Mapping[str, Any], *, title: str = DEFAULT_TITLE) -> bytes:
     """Plot the Dice per class and modality as grouped bars with standard-deviation error bars.
 
-    The figure is drawn with matplotlib's Agg canvas directly, leaving pyplot's global backend
-    untouched. Classes with no applicable case have no bar.
+    Classes with no applicable case have no bar.
 
     Args:
         summary: the summary from :func:`~ummkd.evaluation.metrics.summarize_cases`.
@@ -134,25 +133,56 @@ def dice_plot_png(summary: Mapping[str, Any], *, title: str = DEFAULT_TITLE) -> 
         The PNG image.
     """
     groups = [*summary["classes"], "mean"]
-    modalities = list(summary["modalities"])
-    figure = Figure(figsize=(max(5.0, 1.5 + 0.6 * len(groups) * len(modalities)), 4))
+    series = {}
+    for modality, result in summary["modalities"].items():
+        means = [result["per_class"][c]["dice"] for c in summary["classes"]]
+        stds = [result["per_class"][c]["dice_std"] for c in summary["classes"]]
+        series[modality] = ([*means, result["mean"]["dice"]], [*stds, result["std"]["dice"]])
+    return grouped_bars_png(
+        groups, series, ylabel="Dice", title=title, legend="modality", ymax=1.05
+    )
+
+
+def grouped_bars_png(
+    groups: Sequence[str],
+    series: Mapping[str, tuple[Sequence[float | None], Sequence[float | None]]],
+    *,
+    ylabel: str,
+    title: str,
+    legend: str,
+    ymax: float = 1.0,
+) -> bytes:
+    """Grouped bar chart with error bars, drawn with matplotlib's Agg canvas directly.
+
+    pyplot's global backend is left untouched. ``None`` or NaN means "no bar" (a mean) or "no
+    error bar" (a spread).
+
+    Args:
+        groups: the x-axis groups.
+        series: bar series name -> (means, spreads), one value per group.
+        ylabel: y-axis label.
+        title: plot title.
+        legend: legend title.
+        ymax: upper y limit (the lower one is 0).
+
+    Returns:
+        The PNG image.
+    """
+    figure = Figure(figsize=(max(5.0, 1.5 + 0.6 * len(groups) * len(series)), 4))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     positions = np.arange(len(groups))
-    width = 0.8 / max(1, len(modalities))
-    for i, modality in enumerate(modalities):
-        result = summary["modalities"][modality]
-        means = [_nan(result["per_class"][c]["dice"]) for c in summary["classes"]]
-        stds = [_nan(result["per_class"][c]["dice_std"]) for c in summary["classes"]]
-        means.append(_nan(result["mean"]["dice"]))
-        stds.append(_nan(result["std"]["dice"]))
-        offset = (i - (len(modalities) - 1) / 2) * width
-        axes.bar(positions + offset, means, width, yerr=stds, capsize=3, label=modality)
+    width = 0.8 / max(1, len(series))
+    for i, (name, (means, stds)) in enumerate(series.items()):
+        offset = (i - (len(series) - 1) / 2) * width
+        heights = [_nan(m) for m in means]
+        errors = [0.0 if not np.isfinite(_nan(e)) else _nan(e) for e in stds]
+        axes.bar(positions + offset, heights, width, yerr=errors, capsize=3, label=name)
     axes.set_xticks(positions, groups, rotation=30, ha="right")
-    axes.set_ylim(0.0, 1.05)
-    axes.set_ylabel("Dice")
+    axes.set_ylim(0.0, ymax)
+    axes.set_ylabel(ylabel)
     axes.set_title(title)
-    axes.legend(title="modality")
+    axes.legend(title=legend)
     axes.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     buffer = io.BytesIO()
