@@ -211,3 +211,41 @@ def test_reproduce_end_to_end_on_phantoms(tiny_dataset: Path, tmp_path: Path) ->
     assert main(argv) == 0  # finished runs are reused, not retrained
     assert record.stat().st_mtime_ns == stamp
     assert "| `ummkd` |" in (tmp_path / "results" / "abdominal_2d_cpu.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_reproduce_imports_the_real_abdominal_data_and_runs(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """The real path of `make reproduce`: import BTCV + CHAOS, train, test on real volumes."""
+    source = shared_data / "abdominal_btcv_chaos"
+    if not (source / "splits.json").is_file():
+        pytest.skip(f"{source} not available")
+    argv = [
+        "--variants",
+        "single_mr",
+        "--data",
+        str(tmp_path / "data"),
+        "--source",
+        str(source),
+        "--runs",
+        str(tmp_path / "runs"),
+        "--results",
+        str(tmp_path / "results"),
+        "--extra",
+        *FAST,
+        "--data.patch_size=[64,64]",
+        "--data.steps_per_epoch=2",
+        "--data.val_max_cases=1",
+        "--trainer.max_steps=2",
+        "--trainer.val_check_interval=2",
+        "--model.network.init_args.channels=[4,8,16]",
+        "--model.network.init_args.strides=[2,2]",
+    ]
+    assert main(argv) == 0
+    assert (tmp_path / "data" / "dataset.json").is_file()
+    report = json.loads((tmp_path / "results" / "abdominal_2d_cpu.json").read_text())
+    mr = report["variants"]["single_mr"]["modalities"]["mr"]
+    assert mr["n_cases"] == 4  # the fixed split's CHAOS test cases
+    assert report["classes"] == ["liver", "kidney_right", "kidney_left", "spleen"]
