@@ -158,6 +158,7 @@ def test_results_files(tmp_path: Path) -> None:
     }
     text = results_markdown(report)
     assert "| `ummkd` |" in text and "0.800 ± 0.050" in text
+    assert "| 1.0 | 0.500 |" in text  # one seed: train minutes and val Dice without a spread
     single_row = next(line for line in text.splitlines() if line.startswith("| `single_ct` |"))
     assert single_row.count("—") == 2  # no MR Dice, no MR ASSD
     assert "`ummkd fit --config a.yaml`" in text  # shown as typed, not as python -m ummkd

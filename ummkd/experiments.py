@@ -259,11 +259,12 @@ def run_variant(
     return record
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
-    values = [v for v in values if v is not None and np.isfinite(v)]
-    if not values:
+def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation of the finite values (no spread for one value)."""
+    finite = [v for v in values if v is not None and np.isfinite(v)]
+    if not finite:
         return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    return statistics.fmean(finite), (statistics.stdev(finite) if len(finite) > 1 else None)
 
 
 def aggregate(records: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
