@@ -327,13 +327,13 @@ class UnpairedDataModule(pl.LightningDataModule):
         ``batch_size x world_size x len(modalities) x accumulate_grad_batches`` (world size and
         accumulation from the attached trainer, 1 without one).
         """
-        world_size = self.trainer.world_size if self.trainer is not None else 1
+        world_size = self._world()[1]
         accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
         return self.batch_size * world_size * len(self.modalities) * accumulate
 
     def describe_global_batch(self) -> str:
         """One line stating the effective global batch and how it is made up."""
-        world_size = self.trainer.world_size if self.trainer is not None else 1
+        world_size = self._world()[1]
         accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
         parts = f"batch_size {self.batch_size} x {world_size} device(s) x "
         parts += f"{len(self.modalities)} modalities ({', '.join(self.modalities)})"
