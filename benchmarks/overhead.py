@@ -1,28 +1,38 @@
-"""What does the training loop cost beyond the network? (CPU benchmark)
+"""What does the training loop cost beyond the network? (CPU or CUDA benchmark)
 
-Measures, in one run on this machine, for the default 2D demo setting (``configs/demo.yaml``:
-MONAI U-Net 16-32-64-128 with per-modality norms, 96x96 stacks of 3 slices, batch 8 CT + 8 MR,
-paper segmentation loss + 0.5 x KD, Adam 2e-3 with StepLR):
+Measures, in one run on this machine, for a 2D ummkd setting (``--network demo``: the demo's
+MONAI U-Net 16-32-64-128 with per-modality norms on 96x96 stacks of 3 slices; ``--network
+paper``: the paper's DilatedResNet2d, base 16, on 256x256 stacks), batch 8 CT + 8 MR, paper
+segmentation loss + 0.5 x KD, Adam 2e-3 with StepLR:
 
-* **Lightning vs bare PyTorch.** ``Trainer.fit`` of :class:`~ummkd.lightning.module.UMMKDModule`
-  versus a plain loop doing the same forward passes (``use_modality``), losses, finiteness check,
-  backward, Adam step and scheduler step, on the same model initialisation, the same seeds and the
-  same pre-built in-memory batches (a ``DataLoader(list_of_batches, batch_size=None)``, so neither
-  side runs data loading or augmentation).
-* **Distillation share.** The bare step with ``kd_weight`` 0.5 versus 0, and the forward +
-  backward of :class:`~ummkd.losses.ModalityDistillationLoss` alone on one step's logits.
-* **bf16 vs fp32.** The bare step under ``torch.autocast("cpu", dtype=torch.bfloat16)`` versus
-  fp32, and whether every loss stays finite.
+* ``ratio``: **Lightning vs bare PyTorch.** ``Trainer.fit`` of
+  :class:`~ummkd.lightning.module.UMMKDModule` versus a plain loop doing the same forward passes
+  (``use_modality``), losses, finiteness check, backward, Adam step and scheduler step, on the
+  same model initialisation, seeds and pre-built batches (a ``DataLoader(list_of_batches,
+  batch_size=None)`` over tensors already on the device, so neither side loads data).
+* ``fixed``: **Lightning's fixed cost per step**, the same comparison on a network of one 1x1
+  convolution and one norm (batch 2 + 2 of 3x16x16), where the step is almost all loop
+  overhead. Divided by the bare step time of ``ratio``, it gives a low-noise estimate of the
+  same ratio.
+* ``kd``: **distillation share**, the bare step with ``kd_weight`` 0.5 versus 0, and the
+  forward + backward of :class:`~ummkd.losses.ModalityDistillationLoss` alone on one step's
+  logits.
+* ``bf16``: **bf16 vs fp32**, the bare step under ``torch.autocast(dtype=torch.bfloat16)``
+  versus fp32, and whether every loss stays finite.
 
-Variants are interleaved within each repeat; a run's step time is the mean over its steps
-after ``--warmup`` (timestamps at the end of every step), and the tables give medians over
-``--repeats``. The batches are real samples of the synthetic phantoms (``data/synthetic``,
-reoriented to RAS, augmentation off), drawn once.
+Method: the variants of a repeat run one after the other, and the order of Lightning and the
+bare loop alternates between repeats, so slow drifts of the machine cancel. A run's step time
+is the **median of its per-step times** after ``--warmup`` (timestamps at the end of every
+step, after a CUDA synchronize), which ignores the odd step that another process delays; the
+tables give the median over ``--repeats``, with the range over repeats. The batches are real
+samples of the synthetic phantoms (generated in ``--root`` when missing, reoriented to RAS,
+augmentation off), drawn once.
 
 Usage::
 
-    python benchmarks/overhead.py [--root data/synthetic] [--steps 25] [--warmup 5]
-        [--repeats 3] [--distinct 8]
+    python benchmarks/overhead.py [--device cpu|cuda] [--threads N] [--network demo|paper]
+        [--precision 32|bf16-mixed] [--sections ratio fixed kd bf16] [--steps 50]
+        [--warmup 10] [--repeats 4] [--json results.json]
 
 Prints the machine and markdown tables to paste into docs/performance.md.
 """
@@ -32,6 +42,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import json
 import logging
 import platform
 import statistics
@@ -39,20 +50,24 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from monai.networks.nets import UNet
 from monai.utils import convert_to_tensor
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ummkd.lightning.datamodule import UnpairedDataModule
+from ummkd.lightning.datamodule import SyntheticOptions, UnpairedDataModule
 from ummkd.lightning.module import UMMKDModule
+from ummkd.nn import DilatedResNet2d
 
 Batch = dict[str, dict[str, Tensor]]
 MODALITIES = ("ct", "mr")
+SECTIONS = ("ratio", "fixed", "kd", "bf16")
+PATCH = {"demo": 96, "paper": 256}
 
 
 def cpu_model() -> str:
@@ -67,18 +82,31 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def plain(tensor: Tensor) -> Tensor:
-    """A contiguous copy as a plain ``torch.Tensor`` (MONAI ``MetaTensor`` metadata dropped)."""
-    return convert_to_tensor(tensor, track_meta=False).contiguous().clone()
+def machine(device: torch.device) -> str:
+    """One line describing the device, threads and library versions."""
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{cpu_model()}, {torch.get_num_threads()} torch threads"
+    )
+    return f"{where}, torch {torch.__version__}, lightning {pl.__version__}"
 
 
-def build_batches(root: str, distinct: int, batch_size: int) -> tuple[list[Batch], int]:
-    """``distinct`` demo training batches (plain tensors), drawn once, and the class count."""
+def plain(tensor: Tensor, device: torch.device) -> Tensor:
+    """A contiguous copy on ``device`` as a plain ``torch.Tensor`` (MONAI metadata dropped)."""
+    return convert_to_tensor(tensor, track_meta=False).contiguous().clone().to(device)
+
+
+def build_batches(
+    root: str, distinct: int, batch_size: int, patch: int, device: torch.device
+) -> tuple[list[Batch], int]:
+    """``distinct`` training batches (plain tensors on ``device``), drawn once, and the classes."""
     dm = UnpairedDataModule(
         root=root,
+        synthetic=SyntheticOptions(),
         modalities=list(MODALITIES),
         orientation="RAS",
-        patch_size=[96, 96],
+        patch_size=[patch, patch],
         batch_size=batch_size,
         steps_per_epoch=distinct,
         num_workers=0,
@@ -91,8 +119,8 @@ def build_batches(root: str, distinct: int, batch_size: int) -> tuple[list[Batch
         batches.append(
             {
                 m: {
-                    "image": plain(batch[m]["image"]).float(),
-                    "label": plain(batch[m]["label"]),
+                    "image": plain(batch[m]["image"], device).float(),
+                    "label": plain(batch[m]["label"], device),
                 }
                 for m in MODALITIES
             }
@@ -100,21 +128,33 @@ def build_batches(root: str, distinct: int, batch_size: int) -> tuple[list[Batch
     return batches[:distinct], dm.num_classes
 
 
-def build_module(num_classes: int, kd_weight: float = 0.5, seed: int = 0) -> UMMKDModule:
-    """The demo's network and module, initialised from ``seed``."""
+def build_network(kind: str, num_classes: int) -> nn.Module:
+    """The demo U-Net, the paper's DilatedResNet2d, or a one-convolution network (``tiny``)."""
+    if kind == "demo":
+        return UNet(
+            spatial_dims=2,
+            in_channels=3,
+            out_channels=num_classes,
+            channels=(16, 32, 64, 128),
+            strides=(2, 2, 2),
+            num_res_units=1,
+            norm="batch",
+            dropout=0.1,
+        )
+    if kind == "paper":
+        return DilatedResNet2d(3, num_classes, base_channels=16, dropout=0.25)
+    if kind == "tiny":
+        return nn.Sequential(nn.Conv2d(3, num_classes, 1), nn.BatchNorm2d(num_classes))
+    raise ValueError(f"unknown network {kind!r} (demo, paper, tiny)")
+
+
+def build_module(
+    kind: str, num_classes: int, device: torch.device, kd_weight: float = 0.5, seed: int = 0
+) -> UMMKDModule:
+    """A module with per-modality norms around network ``kind``, initialised from ``seed``."""
     torch.manual_seed(seed)
-    network = UNet(
-        spatial_dims=2,
-        in_channels=3,
-        out_channels=num_classes,
-        channels=(16, 32, 64, 128),
-        strides=(2, 2, 2),
-        num_res_units=1,
-        norm="batch",
-        dropout=0.1,
-    )
     return UMMKDModule(
-        network,
+        build_network(kind, num_classes),
         modalities=list(MODALITIES),
         num_classes=num_classes,
         norm="modality",
@@ -122,34 +162,48 @@ def build_module(num_classes: int, kd_weight: float = 0.5, seed: int = 0) -> UMM
         kd_temperature=2.0,
         optimizer=lambda params: torch.optim.Adam(params, lr=0.002),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=100, gamma=0.8),
-    )
+    ).to(device)
 
 
-def steady_step_time(stamps: Sequence[float], warmup: int) -> float:
-    """Mean seconds per step after ``warmup`` steps, from end-of-step timestamps."""
-    return (stamps[-1] - stamps[warmup - 1]) / (len(stamps) - warmup)
+def step_times(stamps: Sequence[float], start: float, warmup: int) -> list[float]:
+    """Per-step seconds after ``warmup`` steps, from end-of-step timestamps."""
+    ends = [start, *stamps]
+    return [b - a for a, b in zip(ends[warmup:-1], ends[warmup + 1 :], strict=True)]
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 class _StepClock(pl.Callback):
-    """Records ``time.perf_counter()`` at the end of every training batch."""
+    """Records the time at the end of every training batch (after a CUDA synchronize)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.stamps: list[float] = []
 
     def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
-        self.stamps.append(time.perf_counter())
+        self.stamps.append(_now(self.device))
 
 
 def run_lightning(
-    template: UMMKDModule, batches: list[Batch], warmup: int, seed: int
-) -> tuple[float, float]:
-    """(steady seconds/step, total fit seconds) of ``Trainer.fit`` over ``batches``."""
+    template: UMMKDModule,
+    batches: list[Batch],
+    warmup: int,
+    seed: int,
+    device: torch.device,
+    precision: str,
+) -> tuple[list[float], float]:
+    """(per-step seconds after warm-up, total fit seconds) of ``Trainer.fit`` over ``batches``."""
     module = copy.deepcopy(template)
-    clock = _StepClock()
-    start = time.perf_counter()
+    clock = _StepClock(device)
+    start = _now(device)
     trainer = pl.Trainer(
-        accelerator="cpu",
+        accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=1,
+        precision=precision,
         max_steps=len(batches),
         logger=False,
         enable_checkpointing=False,
@@ -161,10 +215,10 @@ def run_lightning(
     )
     torch.manual_seed(seed)
     trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
-    total = time.perf_counter() - start
+    total = _now(device) - start
     if len(clock.stamps) != len(batches):
         raise RuntimeError(f"Lightning ran {len(clock.stamps)} steps, expected {len(batches)}")
-    return steady_step_time(clock.stamps, warmup), total
+    return step_times(clock.stamps, start, warmup), total
 
 
 def run_bare(
@@ -172,11 +226,12 @@ def run_bare(
     batches: list[Batch],
     warmup: int,
     seed: int,
+    device: torch.device,
     *,
     kd_weight: float | None = None,
     autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
-) -> tuple[float, float, list[float]]:
-    """(steady seconds/step, total seconds, losses) of a plain PyTorch loop over ``batches``.
+) -> tuple[list[float], float, list[float]]:
+    """(per-step seconds after warm-up, total seconds, losses) of a plain PyTorch loop.
 
     The step mirrors ``UMMKDModule.training_step`` plus Lightning's automatic optimization:
     forward of every modality with its norms, segmentation losses, ``kd_weight`` x KD (the
@@ -185,18 +240,18 @@ def run_bare(
     """
     module = copy.deepcopy(template)
     weight = module.kd_weight if kd_weight is None else kd_weight
-    start = time.perf_counter()
+    start = _now(device)
     config = module.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     module.train()
     torch.manual_seed(seed)
     stamps: list[float] = []
-    losses: list[float] = []
+    losses: list[Tensor] = []
     for batch in DataLoader(batches, batch_size=None):
         with autocast():
             logits: dict[str, Tensor] = {}
             labels: dict[str, Tensor] = {}
-            total = torch.zeros(())
+            total = torch.zeros((), device=device)
             for m in MODALITIES:
                 logits[m] = module(batch[m]["image"], m)
                 labels[m] = batch[m]["label"]
@@ -209,45 +264,85 @@ def run_bare(
         total.backward()
         optimizer.step()
         scheduler.step()
-        losses.append(float(total.detach()))
-        stamps.append(time.perf_counter())
-    return steady_step_time(stamps, warmup), time.perf_counter() - start, losses
+        losses.append(total.detach())
+        stamps.append(_now(device))
+    total_seconds = _now(device) - start
+    return step_times(stamps, start, warmup), total_seconds, [float(v) for v in losses]
 
 
 def kd_alone_time(template: UMMKDModule, batch: Batch, iterations: int) -> float:
     """Seconds of one forward + backward of the KD loss on one step's (fp32) logits."""
     module = copy.deepcopy(template).train()
+    device = next(module.parameters()).device
     with torch.no_grad():
         logits = {m: module(batch[m]["image"], m) for m in MODALITIES}
     labels = {m: batch[m]["label"] for m in MODALITIES}
     leaves = {m: v.clone().requires_grad_(True) for m, v in logits.items()}
     for _ in range(3):
         module.kd_loss(leaves, labels).backward()
-    start = time.perf_counter()
+    start = _now(device)
     for _ in range(iterations):
         module.kd_loss(leaves, labels).backward()
-    return (time.perf_counter() - start) / iterations
+    return (_now(device) - start) / iterations
+
+
+def tiny_batches(steps: int, num_classes: int, device: torch.device) -> list[Batch]:
+    """``steps`` copies of one batch of 2 + 2 random 3x16x16 images with random labels."""
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        m: {
+            "image": torch.randn(2, 3, 16, 16, generator=g).to(device),
+            "label": torch.randint(0, num_classes, (2, 1, 16, 16), generator=g).to(device),
+        }
+        for m in MODALITIES
+    }
+    return [batch] * steps
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="data/synthetic")
-    parser.add_argument("--steps", type=int, default=25, help="steps per timed run")
-    parser.add_argument("--warmup", type=int, default=5, help="steps excluded from step times")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--network", choices=("demo", "paper"), default="demo")
+    parser.add_argument("--patch", type=int, default=None, help="default: 96 demo, 256 paper")
+    parser.add_argument("--precision", choices=("32", "bf16-mixed"), default="32")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--steps", type=int, default=50, help="steps per timed run")
+    parser.add_argument("--warmup", type=int, default=10, help="steps excluded from step times")
+    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--fixed-steps", type=int, default=300, help="steps of the tiny runs")
     parser.add_argument("--distinct", type=int, default=8, help="distinct batches, cycled")
     parser.add_argument("--batch-size", type=int, default=8, help="per modality")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     if not 0 < args.warmup < args.steps:
         parser.error("need 0 < --warmup < --steps")
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # as with the configs' seed_everything: the module then reseeds every batch (exact resume)
+    pl.seed_everything(0, verbose=False)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    patch = args.patch or PATCH[args.network]
+    amp_dtype = torch.bfloat16
 
-    distinct, num_classes = build_batches(args.root, args.distinct, args.batch_size)
+    def bf16() -> AbstractContextManager[Any]:
+        return torch.autocast(device.type, dtype=amp_dtype)
+
+    main_autocast = bf16 if args.precision == "bf16-mixed" else nullcontext
+
+    distinct, num_classes = build_batches(args.root, args.distinct, args.batch_size, patch, device)
     batches = [distinct[i % len(distinct)] for i in range(args.steps)]
-    template = build_module(num_classes)
+    template = build_module(args.network, num_classes, device)
+    tiny = build_module("tiny", num_classes, device)
+    tiny_data = tiny_batches(args.fixed_steps, num_classes, device)
+    tiny_warmup = args.fixed_steps // 5
     slices = sum(batches[0][m]["image"].shape[0] for m in MODALITIES)
-    bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    sections = set(args.sections)
 
     results: dict[str, list[float]] = {}
 
@@ -258,95 +353,137 @@ def main() -> None:
     last_loss: dict[str, float] = {}
     for r in range(args.repeats):
         seed = 1000 + r
-        pl_step, pl_total = run_lightning(template, batches, args.warmup, seed)
-        bare_step, bare_total, _ = run_bare(template, batches, args.warmup, seed)
-        nokd_step, _, _ = run_bare(template, batches, args.warmup, seed, kd_weight=0.0)
-        kd_time = kd_alone_time(template, batches[0], 20)
-        bf_step, _, bf_losses = run_bare(template, batches, args.warmup, seed, autocast=bf16)
-        fp_step, _, fp_losses = run_bare(template, batches, args.warmup, seed)
-        finite_bf16 &= all(torch.isfinite(torch.tensor(bf_losses)).tolist())
-        last_loss = {"fp32": fp_losses[-1], "bf16": bf_losses[-1]}
-        for key, value in {
-            "pl_step": pl_step,
-            "pl_total": pl_total,
-            "bare_step": bare_step,
-            "bare_total": bare_total,
-            "ratio_step": pl_step / bare_step,
-            "ratio_total": pl_total / bare_total,
-            "nokd_step": nokd_step,
-            "kd_share_diff": (bare_step - nokd_step) / bare_step,
-            "kd_alone": kd_time,
-            "kd_share_alone": kd_time / bare_step,
-            "bf16_step": bf_step,
-            "fp32_step": fp_step,
-            "bf16_speedup": fp_step / bf_step,
-        }.items():
-            record(key, value)
-        print(
-            f"repeat {r + 1}/{args.repeats}: lightning {pl_step * 1e3:.1f} ms, "
-            f"bare {bare_step * 1e3:.1f} ms, no-KD {nokd_step * 1e3:.1f} ms, "
-            f"KD alone {kd_time * 1e3:.2f} ms, bf16 {bf_step * 1e3:.1f} ms, "
-            f"fp32 {fp_step * 1e3:.1f} ms",
-            flush=True,
-        )
+        line = [f"repeat {r + 1}/{args.repeats}:"]
+        if "ratio" in sections or "fixed" in sections:
+            order = ("lightning", "bare") if r % 2 == 0 else ("bare", "lightning")
+            for loop in order:
+                if loop == "lightning":
+                    steps, total = run_lightning(
+                        template, batches, args.warmup, seed, device, args.precision
+                    )
+                else:
+                    steps, total, _ = run_bare(
+                        template, batches, args.warmup, seed, device, autocast=main_autocast
+                    )
+                record(f"{loop}_step", statistics.median(steps))
+                record(f"{loop}_total", total)
+            record("ratio_step", results["lightning_step"][-1] / results["bare_step"][-1])
+            record("ratio_total", results["lightning_total"][-1] / results["bare_total"][-1])
+            line.append(
+                f"lightning {results['lightning_step'][-1] * 1e3:.1f} ms, "
+                f"bare {results['bare_step'][-1] * 1e3:.1f} ms"
+            )
+        if "fixed" in sections:
+            for loop in order:
+                if loop == "lightning":
+                    steps, _ = run_lightning(
+                        tiny, tiny_data, tiny_warmup, seed, device, args.precision
+                    )
+                else:
+                    steps, _, _ = run_bare(
+                        tiny, tiny_data, tiny_warmup, seed, device, autocast=main_autocast
+                    )
+                record(f"tiny_{loop}_step", statistics.median(steps))
+            fixed = results["tiny_lightning_step"][-1] - results["tiny_bare_step"][-1]
+            record("fixed_overhead", fixed)
+            record("ratio_from_fixed", 1 + fixed / results["bare_step"][-1])
+            line.append(f"fixed overhead {fixed * 1e3:.2f} ms")
+        if "kd" in sections:
+            bare_steps, _, _ = run_bare(template, batches, args.warmup, seed, device)
+            nokd_steps, _, _ = run_bare(template, batches, args.warmup, seed, device, kd_weight=0)
+            kd_time = kd_alone_time(template, batches[0], 20)
+            kd_bare = statistics.median(bare_steps)
+            record("kd_bare_step", kd_bare)
+            record("nokd_step", statistics.median(nokd_steps))
+            record("kd_share_diff", (kd_bare - results["nokd_step"][-1]) / kd_bare)
+            record("kd_alone", kd_time)
+            record("kd_share_alone", kd_time / kd_bare)
+            line.append(f"no-KD {results['nokd_step'][-1] * 1e3:.1f} ms, KD {kd_time * 1e3:.2f} ms")
+        if "bf16" in sections:
+            bf_steps, _, bf_losses = run_bare(
+                template, batches, args.warmup, seed, device, autocast=bf16
+            )
+            fp_steps, _, fp_losses = run_bare(template, batches, args.warmup, seed, device)
+            record("bf16_step", statistics.median(bf_steps))
+            record("fp32_step", statistics.median(fp_steps))
+            record("bf16_speedup", results["fp32_step"][-1] / results["bf16_step"][-1])
+            finite_bf16 &= all(torch.isfinite(torch.tensor(bf_losses)).tolist())
+            last_loss = {"fp32": fp_losses[-1], "bf16": bf_losses[-1]}
+            line.append(
+                f"bf16 {results['bf16_step'][-1] * 1e3:.1f} ms, "
+                f"fp32 {results['fp32_step'][-1] * 1e3:.1f} ms"
+            )
+        print(" ".join(line), flush=True)
 
     med = {k: statistics.median(v) for k, v in results.items()}
     spread = {k: (min(v), max(v)) for k, v in results.items()}
     print()
+    print(f"machine: {machine(device)}, {datetime.date.today().isoformat()}")
     print(
-        f"machine: {cpu_model()}, {torch.get_num_threads()} torch threads, torch "
-        f"{torch.__version__}, lightning {pl.__version__}, "
-        f"{datetime.date.today().isoformat()}"
+        f"setting: {args.network} network, {slices} slices/step ({args.batch_size} CT + "
+        f"{args.batch_size} MR, 3x{patch}x{patch}), precision {args.precision}, {args.steps} "
+        f"steps ({args.warmup} warm-up), {args.repeats} repeats, {num_classes} classes"
     )
-    print(
-        f"setting: demo U-Net, {slices} slices/step ({args.batch_size} CT + {args.batch_size} "
-        f"MR, 3x96x96), {args.steps} steps ({args.warmup} warm-up), {args.repeats} repeats, "
-        f"{num_classes} classes"
-    )
-    print()
-    print("| loop | step (ms) | slices/s | whole run (s) |")
-    print("|---|---|---|---|")
-    for name, step, total in (
-        ("Lightning `Trainer.fit`", med["pl_step"], med["pl_total"]),
-        ("bare PyTorch", med["bare_step"], med["bare_total"]),
-    ):
-        print(f"| {name} | {step * 1e3:.1f} | {slices / step:.1f} | {total:.2f} |")
-    lo, hi = spread["ratio_step"]
-    print()
-    print(
-        f"Lightning / bare step time: {med['ratio_step']:.3f} (range {lo:.3f}-{hi:.3f}); "
-        f"bare / Lightning: {1 / med['ratio_step']:.3f}; whole run incl. Trainer set-up: "
-        f"{med['ratio_total']:.3f}"
-    )
-    print()
-    print("| measurement | value |")
-    print("|---|---|")
-    print(f"| bare step, kd_weight 0.5 (ms) | {med['bare_step'] * 1e3:.1f} |")
-    print(f"| bare step, kd_weight 0 (ms) | {med['nokd_step'] * 1e3:.1f} |")
-    lo, hi = spread["kd_share_diff"]
-    print(
-        f"| KD share from the difference | {med['kd_share_diff'] * 100:.1f} % "
-        f"(range {lo * 100:.1f} to {hi * 100:.1f} %) |"
-    )
-    print(f"| KD loss forward + backward alone (ms) | {med['kd_alone'] * 1e3:.2f} |")
-    print(f"| KD share from the isolated timing | {med['kd_share_alone'] * 100:.2f} % |")
-    print()
-    print("| precision (bare loop) | step (ms) | slices/s | last loss |")
-    print("|---|---|---|---|")
-    print(
-        f"| fp32 | {med['fp32_step'] * 1e3:.1f} | {slices / med['fp32_step']:.1f} | "
-        f"{last_loss['fp32']:.4f} |"
-    )
-    print(
-        f"| bf16 autocast | {med['bf16_step'] * 1e3:.1f} | {slices / med['bf16_step']:.1f} | "
-        f"{last_loss['bf16']:.4f} |"
-    )
-    lo, hi = spread["bf16_speedup"]
-    print()
-    print(
-        f"bf16 speed-up (fp32 / bf16 step time): {med['bf16_speedup']:.2f} "
-        f"(range {lo:.2f}-{hi:.2f}); all bf16 losses finite: {finite_bf16}"
-    )
+    if "lightning_step" in med:
+        print()
+        print("| loop | step (ms) | slices/s | whole run (s) |")
+        print("|---|---|---|---|")
+        for name, key in (("Lightning `Trainer.fit`", "lightning"), ("bare PyTorch", "bare")):
+            step, total = med[f"{key}_step"], med[f"{key}_total"]
+            print(f"| {name} | {step * 1e3:.1f} | {slices / step:.1f} | {total:.2f} |")
+        lo, hi = spread["ratio_step"]
+        print()
+        print(
+            f"Lightning / bare step time: {med['ratio_step']:.3f} (range {lo:.3f}-{hi:.3f}); "
+            f"whole run incl. Trainer set-up: {med['ratio_total']:.3f}"
+        )
+    if "fixed_overhead" in med:
+        lo, hi = spread["fixed_overhead"]
+        print(
+            f"Lightning's fixed cost per step (1-conv network, {args.fixed_steps} steps): "
+            f"{med['fixed_overhead'] * 1e3:.2f} ms (range {lo * 1e3:.2f}-{hi * 1e3:.2f}); "
+            f"Lightning step {med['tiny_lightning_step'] * 1e3:.2f} ms, bare "
+            f"{med['tiny_bare_step'] * 1e3:.2f} ms; implied ratio 1 + fixed / bare step = "
+            f"{med['ratio_from_fixed']:.3f}"
+        )
+    if "kd_alone" in med:
+        lo, hi = spread["kd_share_diff"]
+        print()
+        print("| measurement | value |")
+        print("|---|---|")
+        print(f"| bare step, kd_weight 0.5 (ms) | {med['kd_bare_step'] * 1e3:.1f} |")
+        print(f"| bare step, kd_weight 0 (ms) | {med['nokd_step'] * 1e3:.1f} |")
+        print(
+            f"| KD share from the difference | {med['kd_share_diff'] * 100:.1f} % "
+            f"(range {lo * 100:.1f} to {hi * 100:.1f} %) |"
+        )
+        print(f"| KD loss forward + backward alone (ms) | {med['kd_alone'] * 1e3:.2f} |")
+        print(f"| KD share from the isolated timing | {med['kd_share_alone'] * 100:.2f} % |")
+    if "bf16_step" in med:
+        print()
+        print("| precision (bare loop) | step (ms) | slices/s | last loss |")
+        print("|---|---|---|---|")
+        for name, key in (("fp32", "fp32"), ("bf16 autocast", "bf16")):
+            step = med[f"{key}_step"]
+            print(f"| {name} | {step * 1e3:.1f} | {slices / step:.1f} | {last_loss[key]:.4f} |")
+        lo, hi = spread["bf16_speedup"]
+        print()
+        print(
+            f"bf16 speed-up (fp32 / bf16 step time): {med['bf16_speedup']:.2f} "
+            f"(range {lo:.2f}-{hi:.2f}); all bf16 losses finite: {finite_bf16}"
+        )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "machine": machine(device),
+            "date": datetime.date.today().isoformat(),
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "slices_per_step": slices,
+            "median": med,
+            "per_repeat": results,
+            "bf16_finite": finite_bf16,
+        }
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,6 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-import SimpleITK
 
 from ummkd.data import dataset_spec
 
@@ -195,6 +194,8 @@ def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_with_simpleitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read a non-NIfTI image with SimpleITK and convert its LPS geometry to a RAS affine."""
+    import SimpleITK  # imported here: only DICOM/MHD/NRRD sources need it, and it loads slowly
+
     image = SimpleITK.ReadImage(str(path))
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise DatasetImportError(
