@@ -47,7 +47,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ummkd.evaluation.report import atomic_write_bytes, grouped_bars_png, json_safe
+from ummkd.data.io import atomic_write_bytes
+from ummkd.evaluation.report import grouped_bars_png, json_safe
 
 VARIANTS = ("single_ct", "single_mr", "joint", "separate_norm", "x_shape", "y_shape", "ummkd")
 """Variants in the order of the paper's comparison table (ummkd last)."""

@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import tempfile
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -44,6 +43,8 @@ import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from rich.table import Table
+
+from ummkd.data.io import write_json
 
 __all__ = [
     "DATASET_JSON",
@@ -64,7 +65,6 @@ __all__ = [
     "summarize_dataset",
     "validate_dataset",
     "write_dataset_json",
-    "write_text_atomic",
 ]
 
 DATASET_JSON = "dataset.json"
@@ -1250,23 +1250,6 @@ def summarize_dataset(spec: DatasetSpec, *, deep: bool = True) -> Table:
 
 
 # -------------------------------------------------------------------------------------- writing
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a UTF-8 text file atomically (temporary file in the same folder, then rename).
-
-    Args:
-        path: Target file; its folder must exist.
-        text: Content.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_dataset_json(
     root: str | os.PathLike[str],
     spec: DatasetSpec | Mapping[str, Any],
@@ -1324,6 +1307,6 @@ def write_dataset_json(
         )
     root.mkdir(parents=True, exist_ok=True)
     if splits_content is not None:
-        write_text_atomic(splits_target, json.dumps(splits_content, indent=2) + "\n")
-    write_text_atomic(target, json.dumps(content, indent=2) + "\n")
+        write_json(splits_content, splits_target)
+    write_json(content, target)
     return target

@@ -41,8 +41,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ummkd.data.dataset_spec import write_dataset_json, write_text_atomic
-from ummkd.data.importers.common import save_nifti
+from ummkd.data.dataset_spec import write_dataset_json
+from ummkd.data.io import save_nifti, write_text_atomic
 
 __all__ = ["LABELS", "make_synthetic_dataset"]
 

@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from monai.data import MetaTensor
 from rich.console import Console
 
-from ummkd.data.importers.common import save_nifti
+from ummkd.data.io import save_nifti
 from ummkd.evaluation.report import results_table, write_report
 
 

@@ -46,6 +46,12 @@ import nibabel as nib
 import numpy as np
 
 from ummkd.data import dataset_spec
+from ummkd.data.io import (
+    DIR_MODE,
+    NIFTI_SUFFIXES,
+    save_nifti,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,19 +77,6 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _MODALITY = re.compile(r"^[a-z][a-z0-9_]*$")
-_NIFTI_SUFFIXES = (".nii.gz", ".nii")
-
-
-def _current_umask() -> int:
-    """The process umask (read by setting and restoring it)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# tempfile creates files 0600 and folders 0700; finished outputs get the usual permissions.
-FILE_MODE = 0o666 & ~_current_umask()
-DIR_MODE = 0o777 & ~_current_umask()
 
 
 class DatasetImportError(RuntimeError):
@@ -120,14 +113,6 @@ def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
         for token in re.split(r"(\d+)", text)
         if token
     )
-
-
-def strip_nifti_suffix(name: str) -> str:
-    """Return a file name without its ``.nii.gz`` / ``.nii`` suffix."""
-    for suffix in _NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def sanitize_case_id(text: str) -> str:
@@ -169,7 +154,7 @@ def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """
     path = Path(path)
     try:
-        if path.name.endswith(_NIFTI_SUFFIXES):
+        if path.name.endswith(NIFTI_SUFFIXES):
             image = nib.load(path)
             array = np.asanyarray(image.dataobj)
             affine = np.asarray(image.affine, dtype=np.float64)
@@ -304,46 +289,6 @@ def remap_labels(
         return dataset_spec.remap_labels(array, mapping, 256).astype(np.uint8, copy=False)
     except ValueError as error:
         raise DatasetImportError(f"{path}: {error}") from error
-
-
-def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """Write a NIfTI-1 file atomically (temporary file in the same folder + ``os.replace``).
-
-    Both qform and sform are set to ``affine`` (code 1, scanner coordinates) so that nibabel,
-    SimpleITK/ITK and MONAI all read the same geometry; units are millimetres.
-    """
-    path = Path(path)
-    image = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    image.header.set_xyzt_units("mm")
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{strip_nifti_suffix(path.name)}-", suffix=suffix, dir=path.parent
-    )
-    os.close(fd)
-    try:
-        nib.save(image, tmp_name)
-        os.chmod(tmp_name, FILE_MODE)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
-def write_json(data: Any, path: Path) -> None:
-    """Write JSON (2-space indent, trailing newline) atomically."""
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        os.chmod(tmp_name, FILE_MODE)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
 
 
 def split_counts(n: int, fractions: Sequence[float] = SPLIT_FRACTIONS) -> tuple[int, int, int]:

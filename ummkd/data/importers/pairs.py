@@ -37,9 +37,9 @@ from ummkd.data.importers.common import (
     remap_labels,
     sanitize_case_id,
     seeded_split,
-    strip_nifti_suffix,
     validate_modalities,
 )
+from ummkd.data.io import strip_nifti_suffix
 
 DEFAULT_NORMALIZATION = {"ct": "ct", "mr": "mr"}
 T = TypeVar("T")
