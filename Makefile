@@ -51,6 +51,6 @@ reproduce: $(STAMP) ## Paper comparison on the real abdominal data (7 variants; 
 	$(BIN)/ummkd reproduce --scale $(SCALE) --seeds $(SEEDS)
 
 bench: $(STAMP) ## CPU benchmarks (docs/performance.md): loop overhead, inference speed, loader
-	$(BIN)/python benchmarks/overhead.py --steps 50 --warmup 10 --repeats 4
+	$(BIN)/python benchmarks/overhead.py --steps 50 --warmup 10 --repeats 6
 	$(BIN)/python benchmarks/inference_speed.py --root data/abdominal_btcv_chaos
 	$(BIN)/python benchmarks/loader_vs_step.py --root data/synthetic --workers 2

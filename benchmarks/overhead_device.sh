@@ -7,15 +7,9 @@
 # Usage:  bash benchmarks/overhead_device.sh OUT_DIR
 # Missing pure-Python dependencies can be provided as wheels in .whl/ (no network needed).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/device_env.sh"
 OUT_DIR="${1:-${OUT:-overhead_out}}"
 mkdir -p "$OUT_DIR"
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/ummkd-site .whl/*.whl
-  export PYTHONPATH="/tmp/ummkd-site:${PYTHONPATH:-}"
-fi
-export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 WANDB_MODE=offline
 ROOT=/tmp/ummkd-synthetic
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; lscpu | grep -E "Model name|^CPU\(s\)"; } \
   | tee "$OUT_DIR/machine.txt"
