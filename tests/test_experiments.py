@@ -13,6 +13,7 @@ from tests.lightning.conftest import FAST
 from ummkd.experiments import (
     VARIANTS,
     ReproduceError,
+    _minutes,
     aggregate,
     ensure_dataset,
     main,
@@ -132,7 +133,10 @@ def test_aggregate_one_seed_uses_case_spread_several_seeds_use_seed_spread() -> 
     ct = three["ummkd"]["modalities"]["ct"]["dice"]
     assert ct["mean"] == pytest.approx(0.8) and ct["std"] == pytest.approx(0.1)
     assert ct["over"] == "seeds"
-    assert three["ummkd"]["fit_seconds"][0] == pytest.approx(61.0)
+    assert three["ummkd"]["fit_seconds"] == {"median": 61.0, "min": 60.0, "max": 62.0}
+    # wall-clock times: median with the range (noise only adds time), no range when equal
+    assert _minutes({"median": 700.0, "min": 660.0, "max": 1420.0}) == "11.7 (11.0-23.7)"
+    assert _minutes(three["ummkd"]["fit_seconds"]) == "1.0"
     assert set(three["single_ct"]["modalities"]) == {"ct"}
 
 

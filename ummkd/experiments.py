@@ -268,6 +268,15 @@ def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | Non
     return statistics.fmean(finite), (statistics.stdev(finite) if len(finite) > 1 else None)
 
 
+def _time_range(values: Sequence[float]) -> dict[str, float]:
+    """Median, fastest and slowest of wall-clock times.
+
+    Wall-clock noise only ever adds time (another job on the machine), so times are summarised
+    by their median and range rather than mean ± std.
+    """
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
 def aggregate(records: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
     """Combine the runs of each variant.
 
@@ -311,7 +320,7 @@ def aggregate(records: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, A
         result[variant] = {
             "seeds": [r["seed"] for r in runs],
             "parameters": runs[0].get("parameters"),
-            "fit_seconds": _mean_std([r["fit_seconds"] for r in runs]),
+            "fit_seconds": _time_range([r["fit_seconds"] for r in runs]),
             "val_dice_best": _mean_std([r.get("val_dice_best") for r in runs]),
             "modalities": modalities,
         }
@@ -325,11 +334,11 @@ def _fmt(stat: Mapping[str, Any] | None, digits: int) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
 
 
-def _minutes(pair: Sequence[float | None]) -> str:
-    mean, std = pair
-    if mean is None:
-        return "—"
-    return f"{mean / 60:.1f}" + (f" ± {std / 60:.1f}" if std else "")
+def _minutes(times: Mapping[str, float]) -> str:
+    """``median`` minutes, with the ``(fastest-slowest)`` range when the runs differ."""
+    text = f"{times['median'] / 60:.1f}"
+    low, high = times["min"] / 60, times["max"] / 60
+    return text + (f" ({low:.1f}-{high:.1f})" if f"{low:.1f}" != f"{high:.1f}" else "")
 
 
 def _display(command: str) -> str:
@@ -359,7 +368,7 @@ def results_markdown(report: Mapping[str, Any]) -> str:
         f"- Scale: {report['scale_note']}",
         f"- Command: `{report['command']}`",
         "",
-        "| variant | what | weights | train min | val Dice | "
+        "| variant | what | weights | train min (range) | val Dice | "
         + " | ".join(f"{m.upper()} Dice | {m.upper()} ASSD mm" for m in modalities)
         + " |",
         "|---|---|---|---|---|" + "---|---|" * len(modalities),
