@@ -317,7 +317,18 @@ def test_skip_mode_is_refused_under_ddp() -> None:
 
 
 # --------------------------------------------------------------------------------- logging
-def test_loss_terms_are_logged_only_on_the_steps_the_logger_records(tmp_path: Any) -> None:
+@pytest.mark.parametrize(
+    ("accumulate", "n_batches", "every", "logged_steps", "kd_calls"),
+    [(1, 7, 3, [2, 5], 2), (2, 8, 2, [1, 3], 4)],
+)
+def test_loss_terms_are_logged_only_on_the_steps_the_logger_records(
+    tmp_path: Any,
+    accumulate: int,
+    n_batches: int,
+    every: int,
+    logged_steps: list[int],
+    kd_calls: int,
+) -> None:
     """The terms are logged only on the steps the logger records, and always together."""
     import csv
 
@@ -332,12 +343,13 @@ def test_loss_terms_are_logged_only_on_the_steps_the_logger_records(tmp_path: An
         original_log(name, *args, **kwargs)
 
     module.log = counting_log  # type: ignore[method-assign]
-    batches = [_batch(seed=s) for s in range(7)]
+    batches = [_batch(seed=s) for s in range(n_batches)]
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=1,
         logger=CSVLogger(tmp_path, name="log"),
-        log_every_n_steps=3,
+        log_every_n_steps=every,
+        accumulate_grad_batches=accumulate,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -346,9 +358,9 @@ def test_loss_terms_are_logged_only_on_the_steps_the_logger_records(tmp_path: An
     trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=None))
     with open(next(tmp_path.rglob("metrics.csv")), newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["train/loss"]]
-    assert [int(r["step"]) for r in rows] == [2, 5]
-    # self.log costs Lightning ~0.5 ms per call: the loss every step, the terms on 2 of 7
-    assert logged.count("train/loss") == 7 and logged.count("train/kd") == 2
+    assert [int(r["step"]) for r in rows] == logged_steps
+    # the loss on every batch, the terms only on the batches of the logged optimizer steps
+    assert logged.count("train/loss") == n_batches and logged.count("train/kd") == kd_calls
     for row in rows:  # the terms come from the same step as the loss
         total = (
             float(row["train/seg_ct"]) + float(row["train/seg_mr"]) + 0.5 * float(row["train/kd"])

@@ -1,16 +1,18 @@
 """Atomic file writes shared by every writer of ummkd (datasets, predictions, reports, results).
 
 Each file is written to a temporary file in the target's folder, then renamed onto the target
-with :func:`os.replace`. A reader sees the old file or the new one, never a partial one, and an
-interrupted write leaves the old file as it was. Finished files get the permissions of a normally
-created file (``0o666`` minus the umask), not the ``0o600`` that :func:`tempfile.mkstemp` gives.
+with :func:`os.replace`. A reader sees the old file or the new one, never a partial one, and a
+process interrupted while writing leaves the old file as it was (the data are not fsync'ed, so
+this does not cover a power loss). Files and folders get the permissions of normally created
+ones (``0o666`` / ``0o777`` minus the current umask), not the ``0o600`` / ``0o700`` of
+:mod:`tempfile`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,10 +22,9 @@ import nibabel as nib
 import numpy as np
 
 __all__ = [
-    "DIR_MODE",
-    "FILE_MODE",
     "NIFTI_SUFFIXES",
     "atomic_write_bytes",
+    "make_temporary_dir",
     "save_nifti",
     "strip_nifti_suffix",
     "write_json",
@@ -31,18 +32,6 @@ __all__ = [
 ]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-
-
-def _current_umask() -> int:
-    """The process umask (read by setting and restoring it)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-#: Permissions of finished files and folders (tempfile creates them 0600 / 0700).
-FILE_MODE = 0o666 & ~_current_umask()
-DIR_MODE = 0o777 & ~_current_umask()
 
 
 def strip_nifti_suffix(name: str) -> str:
@@ -53,23 +42,46 @@ def strip_nifti_suffix(name: str) -> str:
     return name
 
 
+def _create_exclusively(path: Path) -> None:
+    """Create an empty file; its permissions are 0o666 minus the process's current umask."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+
+
 @contextmanager
 def _replacing(path: Path, suffix: str = ".tmp") -> Iterator[str]:
-    """Yield a temporary file name next to ``path``; on success it replaces ``path``.
+    """Yield a new temporary file name next to ``path``; on success it replaces ``path``.
 
     The temporary file is removed if the body raises (``path`` is then left untouched).
     """
-    fd, tmp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{strip_nifti_suffix(path.name)}-", suffix=suffix
-    )
-    os.close(fd)
+    stem = strip_nifti_suffix(path.name)
+    while True:
+        tmp = path.parent / f".{stem}-{uuid.uuid4().hex[:12]}{suffix}"
+        try:
+            _create_exclusively(tmp)
+            break
+        except FileExistsError:
+            continue
     try:
-        yield tmp_name
-        os.chmod(tmp_name, FILE_MODE)
-        os.replace(tmp_name, path)
+        yield str(tmp)
+        os.replace(tmp, path)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def make_temporary_dir(parent: str | os.PathLike[str], prefix: str) -> Path:
+    """Create a new, empty, uniquely named folder in ``parent`` (to be renamed when complete).
+
+    Unlike :func:`tempfile.mkdtemp` (mode 0o700), the folder gets ordinary permissions: 0o777
+    minus the process's current umask.
+    """
+    while True:
+        candidate = Path(parent) / f"{prefix}{uuid.uuid4().hex[:12]}"
+        try:
+            os.mkdir(candidate, 0o777)
+            return candidate
+        except FileExistsError:
+            continue
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

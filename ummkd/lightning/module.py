@@ -256,18 +256,22 @@ class UMMKDModule(pl.LightningModule):
         return total
 
     def _logger_records_this_step(self) -> bool:
-        """Whether the logger records this training step (every ``log_every_n_steps``).
+        """Whether the logger records this training step's values.
 
-        Each ``self.log`` call costs Lightning about half a millisecond of Python on a CPU, so
-        the loss terms (``train/seg_<modality>``, ``train/kd``) are logged only on the steps
-        whose values reach the logger; they are ``on_step`` values, so the logged curves are
-        unchanged. ``train/loss`` is logged every step (progress bar).
+        The same rule as Lightning's: every ``log_every_n_steps`` optimizer steps, and on the
+        step at which training is told to stop. Every ``self.log`` call costs Lightning a walk
+        over the logged metric's state, so the loss terms (``train/seg_<modality>``,
+        ``train/kd``) are logged only on these steps. They are ``on_step`` values, so the
+        logger's curves are unchanged. Two consequences: between logging steps,
+        ``trainer.callback_metrics`` holds the terms of the last logging step (monitor
+        ``train/loss``, logged every step, rather than a term), and the progress bar shows
+        ``train/loss`` only.
         """
         trainer = self._trainer
         if trainer is None:
             return False
         every = trainer.log_every_n_steps
-        return every > 0 and (self.global_step + 1) % every == 0
+        return every > 0 and ((self.global_step + 1) % every == 0 or trainer.should_stop)
 
     def _non_finite_message(
         self,
@@ -314,10 +318,11 @@ class UMMKDModule(pl.LightningModule):
         np.random.seed(seed)
         # Only the generators this process draws from. `torch.manual_seed` would also queue
         # lazy seeding of every accelerator type that is not initialised (XPU, MTIA, CUDA on a
-        # CPU run), formatting a stack trace for each: ~1 ms per step inside Lightning.
+        # CPU run) and format a stack trace for each, every step (see docs/performance.md).
         torch.default_generator.manual_seed(seed)
         if self.device.type == "cuda":
-            torch.cuda.manual_seed(seed)
+            index = self.device.index if self.device.index is not None else 0
+            torch.cuda.default_generators[index].manual_seed(seed)
         elif self.device.type == "mps":
             torch.mps.manual_seed(seed)
 

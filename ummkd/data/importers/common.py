@@ -34,7 +34,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,8 +46,8 @@ import numpy as np
 
 from ummkd.data import dataset_spec
 from ummkd.data.io import (
-    DIR_MODE,
     NIFTI_SUFFIXES,
+    make_temporary_dir,
     save_nifti,
     write_json,
 )
@@ -406,8 +405,7 @@ class DatasetBuilder:
     def __enter__(self) -> DatasetBuilder:
         self._check_target()
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix=f"{self.out.name}.tmp-", dir=self.out.parent))
-        os.chmod(self._tmp, DIR_MODE)
+        self._tmp = make_temporary_dir(self.out.parent, prefix=f"{self.out.name}.tmp-")
         if self.existing is not None:
             shutil.copytree(self.out, self._tmp, dirs_exist_ok=True, copy_function=_link_or_copy)
         return self
