@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from ummkd.experiments import (
     aggregate,
     ensure_dataset,
     main,
+    restore_records,
     results_markdown,
     run_commands,
     variant_configs,
@@ -140,12 +142,9 @@ def test_aggregate_one_seed_uses_case_spread_several_seeds_use_seed_spread() -> 
     assert set(three["single_ct"]["modalities"]) == {"ct"}
 
 
-def test_results_files(tmp_path: Path) -> None:
-    records = {
-        "single_ct": [_record("single_ct", 0, {"ct": 0.6})],
-        "ummkd": [_record("ummkd", 0, {"ct": 0.8, "mr": 0.7})],
-    }
-    report = {
+def _header() -> dict[str, Any]:
+    """The report fields that describe the run, not its results."""
+    return {
         "scale": "cpu",
         "scale_note": "tiny",
         "date": "2026-11-26",
@@ -155,8 +154,18 @@ def test_results_files(tmp_path: Path) -> None:
         "data_root": "data",
         "n_test": 6,
         "seeds": [0],
-        "classes": ["liver", "spleen"],
         "modalities": ["ct", "mr"],
+    }
+
+
+def test_results_files(tmp_path: Path) -> None:
+    records = {
+        "single_ct": [_record("single_ct", 0, {"ct": 0.6})],
+        "ummkd": [_record("ummkd", 0, {"ct": 0.8, "mr": 0.7})],
+    }
+    report = {
+        **_header(),
+        "classes": ["liver", "spleen"],
         "variants": aggregate(records),
         "runs": [r for runs in records.values() for r in runs],
     }
@@ -217,6 +226,18 @@ def test_reproduce_end_to_end_on_phantoms(tiny_dataset: Path, tmp_path: Path) ->
     assert record.stat().st_mtime_ns == stamp
     assert "| `ummkd` |" in (tmp_path / "results" / "abdominal_2d_cpu.md").read_text()
 
+    # runs/ gone (a fresh clone): the results file alone brings the runs back, nothing retrains
+    results = tmp_path / "results" / "abdominal_2d_cpu.json"
+    kept = tmp_path / "kept.json"
+    kept.write_bytes(results.read_bytes())
+    shutil.rmtree(tmp_path / "runs")
+    extra_at = argv.index("--extra")
+    assert main([*argv[:extra_at], "--restore", str(kept), *argv[extra_at:]]) == 0
+    assert not list((tmp_path / "runs").rglob("*.ckpt"))
+    again = json.loads(results.read_text())
+    assert again["variants"] == report["variants"]
+    assert {r["restored_from"] for r in again["runs"]} == {str(kept)}
+
 
 @pytest.mark.slow
 @pytest.mark.realdata
@@ -254,3 +275,65 @@ def test_reproduce_imports_the_real_abdominal_data_and_runs(
     mr = report["variants"]["single_mr"]["modalities"]["mr"]
     assert mr["n_cases"] == 4  # the fixed split's CHAOS test cases
     assert report["classes"] == ["liver", "kidney_right", "kidney_left", "spleen"]
+
+
+def _report(records: dict[str, list[dict[str, Any]]], scale: str = "cpu") -> dict[str, Any]:
+    return {
+        "scale": scale,
+        "classes": ["liver", "spleen"],
+        "variants": aggregate(records),
+        "runs": [r for runs in records.values() for r in runs],
+    }
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_restore_records_from_runs_with_summaries(tmp_path: Path) -> None:
+    records = {"ummkd": [_record("ummkd", s, {"ct": 0.7 + s / 10, "mr": 0.6}) for s in (0, 1)]}
+    results = _write_json(tmp_path / "r.json", _report(records))
+    runs = tmp_path / "runs"
+    written = restore_records(results, runs, "cpu")
+    assert written == [runs / "cpu" / "ummkd" / f"seed{s}" / "record.json" for s in (0, 1)]
+    restored = [json.loads(p.read_text()) for p in written]
+    assert [r["summary"] for r in restored] == [r["summary"] for r in records["ummkd"]]
+    assert {r["restored_from"] for r in restored} == {str(results)}
+    assert aggregate({"ummkd": restored}) == aggregate(records)
+
+    # existing records are never overwritten
+    written[0].write_text('{"kept": true}')
+    assert restore_records(results, runs, "cpu") == []
+    assert json.loads(written[0].read_text()) == {"kept": True}
+
+
+def test_restore_records_from_an_older_one_seed_results_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Older files kept no run summaries: a one-seed variant's aggregate is that run's summary."""
+    one_seed = {"joint": [_record("joint", 0, {"ct": 0.8, "mr": 0.7})]}
+    three_seeds = {"ummkd": [_record("ummkd", s, {"ct": 0.8, "mr": 0.7}) for s in range(3)]}
+    report = _report({**one_seed, **three_seeds})
+    report["runs"] = [{k: v for k, v in r.items() if k != "summary"} for r in report["runs"]]
+    results = _write_json(tmp_path / "old.json", report)
+    written = restore_records(results, tmp_path / "runs", "cpu")
+    assert [p.parent.parent.name for p in written] == ["joint"]
+    assert "keeps only the mean over its seeds" in capsys.readouterr().out
+    restored = json.loads(written[0].read_text())
+    # the seed-0 run joins new seeds exactly as its own record would
+    new = _record("joint", 1, {"ct": 0.9, "mr": 0.5})
+    expected = aggregate({"joint": [one_seed["joint"][0], new]})
+    assert aggregate({"joint": [restored, new]}) == expected
+    assert aggregate({"joint": [restored]}) == aggregate(one_seed)
+    assert "(record restored from" in results_markdown({**report, **_header(), "runs": [restored]})
+
+
+def test_restore_records_rejects_other_scales_and_non_results(tmp_path: Path) -> None:
+    results = _write_json(tmp_path / "full.json", _report({}, scale="full"))
+    with pytest.raises(ReproduceError, match=r"scale 'full'.*not 'cpu'"):
+        restore_records(results, tmp_path / "runs", "cpu")
+    with pytest.raises(ReproduceError, match="not a readable results file"):
+        restore_records(_write_json(tmp_path / "x.json", {"a": 1}), tmp_path / "runs", "cpu")
+    with pytest.raises(ReproduceError, match="not a readable results file"):
+        restore_records(tmp_path / "missing.json", tmp_path / "runs", "cpu")

@@ -6,7 +6,9 @@ itself) is trained with ``ummkd fit`` and evaluated with ``ummkd test --ckpt_pat
 same data, split, budget and seeds: the checkpoint is chosen on the validation cases and the
 numbers are measured on the test cases. Each run is a separate ``ummkd`` process, so a variant
 cannot leak state into the next, and each finished run leaves a ``record.json`` so that an
-interrupted reproduction continues where it stopped.
+interrupted reproduction continues where it stopped. The results JSON keeps every run's test
+summary, so ``--restore results/abdominal_2d_<scale>.json`` recreates those records where
+``runs/`` is gone and a reproduction can add seeds or variants without retraining the rest.
 
 Two scales:
 
@@ -25,6 +27,7 @@ exact commands and the git commit.
 Examples::
 
     ummkd reproduce --scale cpu --seeds 0
+    ummkd reproduce --scale cpu --seeds 0 1 2 --restore results/abdominal_2d_cpu.json
     ummkd reproduce --scale full --seeds 0 1 2 --trainer-config configs/trainer/gpu.yaml
 """
 
@@ -169,7 +172,8 @@ def ensure_dataset(root: Path, source: Path | None) -> Path:
     from ummkd.data.importers.alpnet import import_alpnet
 
     print(f"[ummkd] importing {source} -> {root} (alpnet importer)", flush=True)
-    return import_alpnet(source, root)
+    import_alpnet(source, root)
+    return root  # as given, so that the recorded commands do not depend on where it was run
 
 
 def newest_summary(run_dir: Path) -> Path:
@@ -258,6 +262,88 @@ def run_variant(
     }
     atomic_write_bytes(record_path, (json.dumps(record, indent=2) + "\n").encode())
     return record
+
+
+def _summary_from_one_seed_aggregate(
+    report: Mapping[str, Any], variant: str
+) -> dict[str, Any] | None:
+    """Rebuild a run's test summary from a one-seed entry of an older results file.
+
+    Results files written before runs carried their summary hold, for a variant run with one
+    seed, that run's means and spreads over test cases in ``variants``; that is all
+    :func:`aggregate` needs of a run. Returns ``None`` where the variant has several seeds.
+    """
+    entry = report["variants"][variant]
+    if len(entry["seeds"]) != 1:
+        return None
+    modalities = {}
+    for modality, result in entry["modalities"].items():
+        per_class = {}
+        for name, stats in result["per_class"].items():
+            per_class[name] = {}
+            for metric in ("dice", "assd"):
+                per_class[name][metric] = stats[metric]["mean"]
+                per_class[name][f"{metric}_std"] = stats[metric]["std"]
+        modalities[modality] = {
+            "n_cases": result["n_cases"],
+            "mean": {m: result[m]["mean"] for m in ("dice", "assd")},
+            "std": {m: result[m]["std"] for m in ("dice", "assd")},
+            "per_class": per_class,
+        }
+    return {"classes": list(report["classes"]), "modalities": modalities}
+
+
+def restore_records(results_file: Path, runs_root: Path, scale: str) -> list[Path]:
+    """Recreate the ``record.json`` of runs that a results file holds but ``runs_root`` lacks.
+
+    A committed ``results/abdominal_2d_<scale>.json`` lists every run it was made from; with
+    their records restored, ``ummkd reproduce`` adds seeds or variants to it without training
+    the runs it already has (on a fresh clone, say, where ``runs/`` is gone). Records in
+    ``runs_root`` are never overwritten. A restored record says where it came from
+    (``restored_from``) and keeps the run's own commands, commit and times.
+
+    Args:
+        results_file: a results JSON written by ``ummkd reproduce``.
+        runs_root: root of the run folders (``--runs``).
+        scale: the scale being reproduced; the results file must be of the same scale.
+
+    Returns:
+        The record files written.
+
+    Raises:
+        ReproduceError: the file is unreadable, not a results file, or of another scale.
+    """
+    try:
+        report = json.loads(results_file.read_text())
+        runs, file_scale = report["runs"], report["scale"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ReproduceError(
+            f"cannot restore runs from {results_file}: not a readable results file written by "
+            f"ummkd reproduce ({error})"
+        ) from error
+    if file_scale != scale:
+        raise ReproduceError(
+            f"{results_file} holds scale {file_scale!r} runs, not {scale!r}; give a results file "
+            "of the same scale"
+        )
+    written = []
+    for run in runs:
+        record_path = runs_root / scale / run["variant"] / f"seed{run['seed']}" / RECORD
+        if record_path.is_file():
+            continue
+        summary = run.get("summary") or _summary_from_one_seed_aggregate(report, run["variant"])
+        if summary is None:
+            print(
+                f"[ummkd] {run['variant']} seed {run['seed']}: {results_file} keeps only the "
+                "mean over its seeds, not this run's results; cannot restore it",
+                flush=True,
+            )
+            continue
+        record = {**run, "summary": summary, "restored_from": str(results_file)}
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(record_path, (json.dumps(record, indent=2) + "\n").encode())
+        written.append(record_path)
+    return written
 
 
 def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
@@ -406,9 +492,11 @@ def results_markdown(report: Mapping[str, Any]) -> str:
             lines.append(f"| `{variant}` | " + " | ".join(cells) + " |")
     lines += ["", "## Runs", ""]
     for record in report["runs"]:
+        restored = record.get("restored_from")
         lines += [
             f"- `{record['variant']}` seed {record['seed']}: fit {record['fit_seconds']:.0f} s, "
-            f"test {record['test_seconds']:.0f} s, commit `{record.get('commit', 'unknown')}`",
+            f"test {record['test_seconds']:.0f} s, commit `{record.get('commit', 'unknown')}`"
+            + (f" (record restored from `{restored}`)" if restored else ""),
             f"  - `{_display(record['fit_command'])}`",
             f"  - `{_display(record['test_command'])}`",
         ]
@@ -492,6 +580,9 @@ def write_results(report: Mapping[str, Any], results_dir: Path, stem: str) -> di
 def reproduce(args: argparse.Namespace) -> dict[str, Path]:
     """Run (or reuse) every requested variant and seed, then write the results files."""
     data_root = ensure_dataset(args.data, args.source)
+    for results_file in args.restore:
+        for path in restore_records(results_file, args.runs, args.scale):
+            print(f"[ummkd] restored {path} from {results_file}", flush=True)
     extra = list(args.extra)
     if args.trainer_config:
         extra = ["--config", str(args.trainer_config), *extra]
@@ -530,11 +621,8 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
         "classes": runs[0]["summary"]["classes"],
         "modalities": modalities,
         "variants": aggregate(records),
-        "runs": [
-            {k: v for k, v in r.items() if k != "summary"}
-            for runs in records.values()
-            for r in runs
-        ],
+        # Each run with its test summary, so that --restore can rebuild its record.
+        "runs": [r for runs in records.values() for r in runs],
     }
     stem = args.name or f"abdominal_2d_{args.scale}"
     return write_results(report, args.results, stem)
@@ -574,6 +662,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", help="results file stem (default: abdominal_2d_<scale>)")
     parser.add_argument(
         "--rerun", action="store_true", help="train again even where a finished record exists"
+    )
+    parser.add_argument(
+        "--restore",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="RESULTS_JSON",
+        help="first recreate the records of the runs these results files hold (and --runs "
+        "lacks), so that they are reused instead of trained again",
     )
     parser.add_argument(
         "--extra",
