@@ -23,7 +23,8 @@ Usage::
     python benchmarks/inference_speed.py [--root data/abdominal_btcv_chaos] [--repeats 1]
         [--roi 128 128 8] [--max-seconds 60]
 
-Prints the machine and a markdown table to paste into docs/performance.md.
+Prints the machine and a markdown table; ``--append docs/performance.md`` also adds it
+there as a dated section (``make bench`` does).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ from torch import Tensor, nn
 from ummkd.lightning.datamodule import UnpairedDataModule
 from ummkd.lightning.module import UMMKDModule
 from ummkd.nn import DilatedResNet2d, UNet3d
+
+from bench_report import add_append_argument, results_appended_to
 
 MODALITIES = ("ct", "mr")
 
@@ -166,6 +169,7 @@ def main() -> None:
     parser.add_argument("--roi", type=int, nargs=3, default=[128, 128, 8])
     parser.add_argument("--drn-base", type=int, default=16)
     parser.add_argument("--max-seconds", type=float, default=60.0)
+    add_append_argument(parser)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     memory = PeakMemory()
@@ -237,20 +241,21 @@ def main() -> None:
             rows.append(row)
 
     print()
-    print(
-        f"machine: {cpu_model()}, {torch.get_num_threads()} torch threads, torch "
-        f"{torch.__version__}, {datetime.date.today().isoformat()}; untrained weights; "
-        f"{args.repeats} repeat(s), median; memory: {memory.method}; network input types: "
-        f"{sorted(input_types)}"
-    )
-    print()
-    print(
-        "| setting | weights (M) | volume | preprocessed H x W x D | s / volume | peak MiB "
-        "| s / volume, flip TTA | peak MiB, TTA | TTA / plain |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for row in rows:
-        print(row)
+    with results_appended_to(args.append, "Whole-volume inference speed (inference_speed.py)"):
+        print(
+            f"machine: {cpu_model()}, {torch.get_num_threads()} torch threads, torch "
+            f"{torch.__version__}, {datetime.date.today().isoformat()}; untrained weights; "
+            f"{args.repeats} repeat(s), median; memory: {memory.method}; network input types: "
+            f"{sorted(input_types)}"
+        )
+        print()
+        print(
+            "| setting | weights (M) | volume | preprocessed H x W x D | s / volume | peak MiB "
+            "| s / volume, flip TTA | peak MiB, TTA | TTA / plain |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
+        for row in rows:
+            print(row)
 
 
 if __name__ == "__main__":

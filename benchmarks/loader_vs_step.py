@@ -15,7 +15,8 @@ Usage::
     python benchmarks/loader_vs_step.py --root data/synthetic --workers 2 [--patch 96 96]
         [--base 4 --head 8] [--batches 40] [--repeats 3]
 
-Prints a markdown table row (medians over ``--repeats``) to paste into docs/performance.md.
+Prints a markdown table row (medians over ``--repeats``); ``--append docs/performance.md``
+also adds it there as a dated section (``make bench`` does).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import torch
 from ummkd.lightning.datamodule import UnpairedDataModule
 from ummkd.losses import ModalityDistillationLoss, SegmentationLoss
 from ummkd.nn import DilatedResNet2d, use_modality
+
+from bench_report import add_append_argument, results_appended_to
 
 
 def loader_rate(dm: UnpairedDataModule, batches: int) -> float:
@@ -80,6 +83,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    add_append_argument(parser)
     args = parser.parse_args()
     dm = UnpairedDataModule(
         root=args.root,
@@ -95,13 +99,16 @@ def main() -> None:
     steps = [step_rate(dm, args.base, args.head, args.steps) for _ in range(args.repeats)]
     load, step = statistics.median(loads), statistics.median(steps)
     cpu = platform.processor() or platform.machine()
-    print(f"machine: {cpu}, {torch.get_num_threads()} threads")
-    print("| dataset | patch | batch/mod. | workers | loader batches/s | step batches/s | ratio |")
-    print("|---|---|---|---|---|---|---|")
-    print(
-        f"| {args.root} | {args.patch[0]}x{args.patch[1]} | {args.batch_size} | {args.workers} | "
-        f"{load:.1f} | {step:.2f} | {load / step:.1f} |"
-    )
+    with results_appended_to(args.append, "Loader vs training step (loader_vs_step.py)"):
+        print(f"machine: {cpu}, {torch.get_num_threads()} threads")
+        print(
+            "| dataset | patch | batch/mod. | workers | loader batches/s | step batches/s | ratio |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        print(
+            f"| {args.root} | {args.patch[0]}x{args.patch[1]} | {args.batch_size} | "
+            f"{args.workers} | {load:.1f} | {step:.2f} | {load / step:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ Usage::
         [--precision 32|bf16-mixed] [--sections ratio fixed kd bf16] [--steps 50]
         [--warmup 10] [--repeats 4] [--json results.json]
 
-Prints the machine and markdown tables to paste into docs/performance.md.
+Prints the machine and markdown tables; ``--append docs/performance.md`` also adds them there
+as a dated section (``make bench`` does).
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ from ummkd.data.io import write_json
 from ummkd.lightning.datamodule import SyntheticOptions, UnpairedDataModule
 from ummkd.lightning.module import UMMKDModule
 from ummkd.nn import DilatedResNet2d
+
+from bench_report import add_append_argument, results_appended_to
 
 Batch = dict[str, dict[str, Tensor]]
 MODALITIES = ("ct", "mr")
@@ -354,6 +357,7 @@ def main() -> None:
     parser.add_argument("--distinct", type=int, default=8, help="distinct batches, cycled")
     parser.add_argument("--batch-size", type=int, default=8, help="per modality")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    add_append_argument(parser)
     args = parser.parse_args()
     if not 0 < args.warmup < args.steps:
         parser.error("need 0 < --warmup < --steps")
@@ -459,69 +463,71 @@ def main() -> None:
             )
         print(" ".join(line), flush=True)
 
-    med = {k: statistics.median(v) for k, v in results.items()}
-    spread = {k: (min(v), max(v)) for k, v in results.items()}
-    print()
-    print(f"machine: {machine(device)}, {datetime.date.today().isoformat()}")
-    print(
-        f"setting: {args.network} network, {slices} slices/step ({args.batch_size} CT + "
-        f"{args.batch_size} MR, 3x{patch}x{patch}), precision {args.precision}, {args.steps} "
-        f"steps ({args.warmup} warm-up), {args.repeats} repeats, {num_classes} classes"
-    )
-    if "lightning_step" in med:
+    title = "Lightning overhead, KD share and bf16 (overhead.py)"
+    with results_appended_to(args.append, title):
+        med = {k: statistics.median(v) for k, v in results.items()}
+        spread = {k: (min(v), max(v)) for k, v in results.items()}
         print()
-        print("| loop | step, median (ms) | step, mean (ms) | slices/s | whole run (s) |")
-        print("|---|---|---|---|---|")
-        for name, key in (("Lightning `Trainer.fit`", "lightning"), ("bare PyTorch", "bare")):
-            step, mean, total = (med[f"{key}{k}"] for k in ("_step", "_step_mean", "_total"))
+        print(f"machine: {machine(device)}, {datetime.date.today().isoformat()}")
+        print(
+            f"setting: {args.network} network, {slices} slices/step ({args.batch_size} CT + "
+            f"{args.batch_size} MR, 3x{patch}x{patch}), precision {args.precision}, {args.steps} "
+            f"steps ({args.warmup} warm-up), {args.repeats} repeats, {num_classes} classes"
+        )
+        if "lightning_step" in med:
+            print()
+            print("| loop | step, median (ms) | step, mean (ms) | slices/s | whole run (s) |")
+            print("|---|---|---|---|---|")
+            for name, key in (("Lightning `Trainer.fit`", "lightning"), ("bare PyTorch", "bare")):
+                step, mean, total = (med[f"{key}{k}"] for k in ("_step", "_step_mean", "_total"))
+                print(
+                    f"| {name} | {step * 1e3:.1f} | {mean * 1e3:.1f} | {slices / step:.1f} | "
+                    f"{total:.2f} |"
+                )
+            lo, hi = spread["ratio_step"]
+            mlo, mhi = spread["ratio_step_mean"]
+            print()
             print(
-                f"| {name} | {step * 1e3:.1f} | {mean * 1e3:.1f} | {slices / step:.1f} | "
-                f"{total:.2f} |"
+                f"Lightning / bare step time, median over repeats of the per-repeat ratios: "
+                f"{med['ratio_step']:.3f} (range {lo:.3f}-{hi:.3f}) from median step times, "
+                f"{med['ratio_step_mean']:.3f} (range {mlo:.3f}-{mhi:.3f}) from mean step times; "
+                f"whole run incl. Trainer set-up: {med['ratio_total']:.3f}"
             )
-        lo, hi = spread["ratio_step"]
-        mlo, mhi = spread["ratio_step_mean"]
-        print()
-        print(
-            f"Lightning / bare step time, median over repeats of the per-repeat ratios: "
-            f"{med['ratio_step']:.3f} (range {lo:.3f}-{hi:.3f}) from median step times, "
-            f"{med['ratio_step_mean']:.3f} (range {mlo:.3f}-{mhi:.3f}) from mean step times; "
-            f"whole run incl. Trainer set-up: {med['ratio_total']:.3f}"
-        )
-    if "fixed_overhead" in med:
-        lo, hi = spread["fixed_overhead"]
-        print(
-            f"Lightning's fixed cost per step (1-conv network, {args.fixed_steps} steps): "
-            f"{med['fixed_overhead'] * 1e3:.2f} ms (range {lo * 1e3:.2f}-{hi * 1e3:.2f}); "
-            f"Lightning step {med['tiny_lightning_step'] * 1e3:.2f} ms, bare "
-            f"{med['tiny_bare_step'] * 1e3:.2f} ms; implied ratio 1 + fixed / bare step = "
-            f"{med['ratio_from_fixed']:.3f}"
-        )
-    if "kd_alone" in med:
-        lo, hi = spread["kd_share_diff"]
-        print()
-        print("| measurement | value |")
-        print("|---|---|")
-        print(f"| bare step, kd_weight 0.5 (ms) | {med['kd_bare_step'] * 1e3:.1f} |")
-        print(f"| bare step, kd_weight 0 (ms) | {med['nokd_step'] * 1e3:.1f} |")
-        print(
-            f"| KD share from the difference | {med['kd_share_diff'] * 100:.1f} % "
-            f"(range {lo * 100:.1f} to {hi * 100:.1f} %) |"
-        )
-        print(f"| KD loss forward + backward alone (ms) | {med['kd_alone'] * 1e3:.2f} |")
-        print(f"| KD share from the isolated timing | {med['kd_share_alone'] * 100:.2f} % |")
-    if "bf16_step" in med:
-        print()
-        print("| precision (bare loop) | step (ms) | slices/s | last loss |")
-        print("|---|---|---|---|")
-        for name, key in (("fp32", "fp32"), ("bf16 autocast", "bf16")):
-            step = med[f"{key}_step"]
-            print(f"| {name} | {step * 1e3:.1f} | {slices / step:.1f} | {last_loss[key]:.4f} |")
-        lo, hi = spread["bf16_speedup"]
-        print()
-        print(
-            f"bf16 speed-up (fp32 / bf16 step time): {med['bf16_speedup']:.2f} "
-            f"(range {lo:.2f}-{hi:.2f}); all bf16 losses finite: {finite_bf16}"
-        )
+        if "fixed_overhead" in med:
+            lo, hi = spread["fixed_overhead"]
+            print(
+                f"Lightning's fixed cost per step (1-conv network, {args.fixed_steps} steps): "
+                f"{med['fixed_overhead'] * 1e3:.2f} ms (range {lo * 1e3:.2f}-{hi * 1e3:.2f}); "
+                f"Lightning step {med['tiny_lightning_step'] * 1e3:.2f} ms, bare "
+                f"{med['tiny_bare_step'] * 1e3:.2f} ms; implied ratio 1 + fixed / bare step = "
+                f"{med['ratio_from_fixed']:.3f}"
+            )
+        if "kd_alone" in med:
+            lo, hi = spread["kd_share_diff"]
+            print()
+            print("| measurement | value |")
+            print("|---|---|")
+            print(f"| bare step, kd_weight 0.5 (ms) | {med['kd_bare_step'] * 1e3:.1f} |")
+            print(f"| bare step, kd_weight 0 (ms) | {med['nokd_step'] * 1e3:.1f} |")
+            print(
+                f"| KD share from the difference | {med['kd_share_diff'] * 100:.1f} % "
+                f"(range {lo * 100:.1f} to {hi * 100:.1f} %) |"
+            )
+            print(f"| KD loss forward + backward alone (ms) | {med['kd_alone'] * 1e3:.2f} |")
+            print(f"| KD share from the isolated timing | {med['kd_share_alone'] * 100:.2f} % |")
+        if "bf16_step" in med:
+            print()
+            print("| precision (bare loop) | step (ms) | slices/s | last loss |")
+            print("|---|---|---|---|")
+            for name, key in (("fp32", "fp32"), ("bf16 autocast", "bf16")):
+                step = med[f"{key}_step"]
+                print(f"| {name} | {step * 1e3:.1f} | {slices / step:.1f} | {last_loss[key]:.4f} |")
+            lo, hi = spread["bf16_speedup"]
+            print()
+            print(
+                f"bf16 speed-up (fp32 / bf16 step time): {med['bf16_speedup']:.2f} "
+                f"(range {lo:.2f}-{hi:.2f}); all bf16 losses finite: {finite_bf16}"
+            )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {
