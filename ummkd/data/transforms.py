@@ -13,6 +13,8 @@ The pipelines are split in two parts so the expensive deterministic part can be 
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +46,18 @@ from monai.transforms import (
 )
 
 from ummkd.data.dataset_spec import NORMALIZATIONS, remap_labels
+
+# Every LoadImage builds all of MONAI's default readers, among them the nvImageCodec DICOM
+# reader. Wherever CUDA DICOM decoding is not installed, it logs "nvImageCodec is not available"
+# (once per LoadImage) and warns that its plugin did not register. ummkd never reads DICOM
+# through LoadImage (the importers convert DICOM to NIfTI first), so both messages only confuse
+# its users. They are silenced; a level the user set for that logger is left as set.
+_NVIMGCODEC_LOGGER = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+if _NVIMGCODEC_LOGGER.level == logging.NOTSET:
+    _NVIMGCODEC_LOGGER.setLevel(logging.ERROR)
+warnings.filterwarnings(
+    "ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register"
+)
 
 
 @dataclass
