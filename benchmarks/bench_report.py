@@ -13,13 +13,14 @@ import contextlib
 import datetime
 import io
 import shlex
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
 from ummkd.data.io import write_text_atomic
-from ummkd.experiments import git_commit, machine_description
+from ummkd.experiments import machine_description
 
 
 class _Tee(io.TextIOBase):
@@ -39,11 +40,21 @@ class _Tee(io.TextIOBase):
             stream.flush()
 
 
+def _markdown_file(text: str) -> Path:
+    """``--append`` value: a file whose folder exists (checked before the benchmark runs)."""
+    path = Path(text)
+    if path.is_dir() or not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{path}: give a markdown file in an existing folder (e.g. docs/performance.md)"
+        )
+    return path
+
+
 def add_append_argument(parser: argparse.ArgumentParser) -> None:
     """Add the ``--append MARKDOWN`` option shared by the benchmark scripts."""
     parser.add_argument(
         "--append",
-        type=Path,
+        type=_markdown_file,
         default=None,
         metavar="MARKDOWN",
         help="also append the printed results as a dated section to this markdown file "
@@ -51,16 +62,39 @@ def add_append_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def section(title: str, body: str, *, argv: list[str] | None = None) -> str:
+def commit_ignoring(path: Path) -> str:
+    """The git commit, ``-dirty`` if tracked files other than ``path`` changed, or ``unknown``.
+
+    ``make bench`` appends to a tracked file, so the scripts after the first must not count
+    their predecessors' sections as uncommitted changes.
+    """
+
+    def git(*args: str) -> str:
+        return subprocess.check_output(["git", *args], text=True, stderr=subprocess.DEVNULL)
+
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD").strip()
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".").splitlines()
+        top = Path(git("rev-parse", "--show-toplevel").strip())
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    target = path.resolve()
+    dirty = [line for line in changed if (top / line[3:]).resolve() != target]
+    return commit + ("-dirty" if dirty else "")
+
+
+def section(
+    title: str, body: str, *, machine: str, commit: str, argv: list[str] | None = None
+) -> str:
     """A markdown section: heading with the date, then command, commit, machine and ``body``."""
     argv = sys.argv if argv is None else argv
     return "\n".join(
         [
-            f"## {title} ({datetime.date.today().isoformat()}, appended by the script)",
+            f"## Benchmark run: {title}, {datetime.date.today().isoformat()}",
             "",
             f"- Command: `python {shlex.join(argv)}`",
-            f"- Commit: `{git_commit()}`",
-            f"- Machine: {machine_description()}",
+            f"- Commit: `{commit}`",
+            f"- Machine: {machine}",
             "",
             body.strip("\n"),
             "",
@@ -77,12 +111,17 @@ def append_section(path: Path, text: str) -> None:
 
 
 @contextlib.contextmanager
-def results_appended_to(path: Path | None, title: str) -> Iterator[None]:
+def results_appended_to(
+    path: Path | None, title: str, *, machine: str | None = None
+) -> Iterator[None]:
     """Print as usual inside the block; afterwards, if ``path`` is given, append what was printed.
+
+    Nothing is appended if the block raises.
 
     Args:
         path: the markdown file (``--append``), or ``None`` to only print.
         title: the section heading, without the date.
+        machine: what ran the benchmark (default: this machine's CPU, cores and torch).
     """
     if path is None:
         yield
@@ -90,5 +129,11 @@ def results_appended_to(path: Path | None, title: str) -> Iterator[None]:
     buffer = io.StringIO()
     with contextlib.redirect_stdout(_Tee(sys.stdout, buffer)):
         yield
-    append_section(path, section(title, buffer.getvalue()))
+    text = section(
+        title,
+        buffer.getvalue(),
+        machine=machine or machine_description(),
+        commit=commit_ignoring(path),
+    )
+    append_section(path, text)
     print(f"appended to {path}")

@@ -464,7 +464,7 @@ def main() -> None:
         print(" ".join(line), flush=True)
 
     title = "Lightning overhead, KD share and bf16 (overhead.py)"
-    with results_appended_to(args.append, title):
+    with results_appended_to(args.append, title, machine=machine(device)):
         med = {k: statistics.median(v) for k, v in results.items()}
         spread = {k: (min(v), max(v)) for k, v in results.items()}
         print()
@@ -538,6 +538,7 @@ def main() -> None:
             "median": med,
             "per_repeat": results,
             "bf16_finite": finite_bf16,
+            "last_loss": last_loss,
         }
         write_json(payload, args.json)
 

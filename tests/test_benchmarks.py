@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_report import append_section, results_appended_to, section  # noqa: E402
+
+def _load_bench_report() -> ModuleType:
+    """The scripts' helper module, loaded from its file (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_report", REPO / "benchmarks" / "bench_report.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_report = _load_bench_report()
 
 
 @pytest.mark.parametrize("script", sorted((REPO / "benchmarks").glob("*.sh")), ids=lambda p: p.name)
@@ -62,7 +76,8 @@ def test_overhead_benchmark_runs_every_section(tmp_path: Path) -> None:
         assert len(payload["per_repeat"][key]) == 2
     assert payload["bf16_finite"] is True
     appended = (tmp_path / "performance.md").read_text()
-    assert appended.startswith("## Lightning overhead, KD share and bf16 (overhead.py) (")
+    assert appended.startswith("## Benchmark run: Lightning overhead, KD share and bf16 (overhead")
+    assert "- Machine: " in appended and "torch threads" in appended
     assert "| Lightning `Trainer.fit` |" in appended and "--append" in appended
     assert "repeat 1/2" not in appended  # the progress lines are printed, not appended
 
@@ -72,27 +87,60 @@ def test_results_appended_to_adds_a_dated_section_and_keeps_the_file(
 ) -> None:
     doc = tmp_path / "performance.md"
     doc.write_text("# Performance\n\nhand-written text")
-    with results_appended_to(doc, "Loader"):
+    with bench_report.results_appended_to(doc, "Loader", machine="H100"):
         print("| a | b |")
     assert "| a | b |" in capsys.readouterr().out  # still printed
     text = doc.read_text()
-    assert text.startswith("# Performance\n\nhand-written text\n\n## Loader (")
-    assert "- Command: `python " in text and "- Machine: " in text and "- Commit: `" in text
+    assert text.startswith("# Performance\n\nhand-written text\n\n## Benchmark run: Loader, ")
+    assert "- Command: `python " in text and "- Machine: H100\n" in text
+    assert "- Commit: `" in text
     assert text.endswith("| a | b |\n")
 
-    with pytest.raises(RuntimeError), results_appended_to(doc, "Failed"):
+    with pytest.raises(RuntimeError), bench_report.results_appended_to(doc, "Failed"):
         print("partial")
         raise RuntimeError("benchmark failed")
     assert doc.read_text() == text  # nothing appended from a failed run
 
-    with results_appended_to(None, "Only printed"):
+    with bench_report.results_appended_to(None, "Only printed"):
         print("x")
     assert doc.read_text() == text
 
 
 def test_append_section_creates_a_missing_file(tmp_path: Path) -> None:
     doc = tmp_path / "new.md"
-    append_section(doc, section("Title", "body\n", argv=["benchmarks/x.py", "--a", "b c"]))
+    text = bench_report.section(
+        "Title", "body\n", machine="m", commit="abc", argv=["benchmarks/x.py", "--a", "b c"]
+    )
+    bench_report.append_section(doc, text)
     text = doc.read_text()
-    assert text.startswith("## Title (") and "`python benchmarks/x.py --a 'b c'`" in text
+    assert text.startswith("## Benchmark run: Title, ")
+    assert "`python benchmarks/x.py --a 'b c'`" in text and "- Commit: `abc`" in text
     assert text.endswith("body\n")
+
+
+def test_append_path_is_checked_before_the_benchmark_runs(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    bench_report.add_append_argument(parser)
+    assert parser.parse_args(["--append", str(tmp_path / "a.md")]).append == tmp_path / "a.md"
+    for bad in (tmp_path, tmp_path / "missing" / "a.md"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--append", str(bad)])
+
+
+def test_the_commit_ignores_the_file_being_appended_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "doc.md").write_text("a\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "doc.md").write_text("a\nappended\n")
+    clean = bench_report.commit_ignoring(tmp_path / "doc.md")
+    assert len(clean) == 12 and not clean.endswith("-dirty")
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert bench_report.commit_ignoring(tmp_path / "doc.md") == clean + "-dirty"

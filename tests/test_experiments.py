@@ -86,20 +86,36 @@ def test_run_commands_share_everything_but_the_subcommand(tmp_path: Path) -> Non
     assert "--seed_everything 3" in text and text.endswith("--trainer.max_steps 5")
 
 
-def test_ensure_dataset(tmp_path: Path) -> None:
+def test_ensure_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ReproduceError, match=r"dataset\.json missing"):
         ensure_dataset(tmp_path / "nothing", tmp_path / "no_source")
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "dataset.json").write_text("{}")
     assert ensure_dataset(tmp_path / "ds", None) == tmp_path / "ds"
 
+    # an import returns the folder as given (relative stays relative: the recorded commands
+    # must not depend on where the reproduction ran)
+    imported = []
+
+    def fake_import(source: Path, out: Path) -> Path:
+        imported.append((source, out))
+        return out.resolve()
+
+    monkeypatch.setattr("ummkd.data.importers.alpnet.import_alpnet", fake_import)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "splits.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert ensure_dataset(Path("data/x"), tmp_path / "src") == Path("data/x")
+    assert imported == [(tmp_path / "src", Path("data/x"))]
+
 
 def _summary(dice: dict[str, float], classes: list[str]) -> dict[str, Any]:
     modalities = {}
     for modality, value in dice.items():
-        per_class = {
-            c: {"dice": value, "dice_std": 0.1, "assd": 2.0, "assd_std": 0.5, "n": 3}
-            for c in classes
+        per_class = {  # a different value per class, so that a mix-up of classes shows
+            c: {"dice": value - k / 100, "dice_std": 0.1 + k / 100, "assd": 2.0 + k, "n": 3}
+            | {"assd_std": 0.5 + k}
+            for k, c in enumerate(classes)
         }
         modalities[modality] = {
             "n_cases": 3,
@@ -337,3 +353,16 @@ def test_restore_records_rejects_other_scales_and_non_results(tmp_path: Path) ->
         restore_records(_write_json(tmp_path / "x.json", {"a": 1}), tmp_path / "runs", "cpu")
     with pytest.raises(ReproduceError, match="not a readable results file"):
         restore_records(tmp_path / "missing.json", tmp_path / "runs", "cpu")
+    no_runs = _write_json(tmp_path / "n.json", {"scale": "cpu"})
+    with pytest.raises(ReproduceError, match="missing key 'runs'"):
+        restore_records(no_runs, tmp_path / "runs", "cpu")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_restore_and_rerun_together_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = _write_json(tmp_path / "r.json", _report({}))
+    code = main(["--restore", str(results), "--rerun", "--data", str(tmp_path / "none")])
+    assert code == 1
+    assert "give only one" in capsys.readouterr().err

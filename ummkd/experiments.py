@@ -271,7 +271,15 @@ def _summary_from_one_seed_aggregate(
 
     Results files written before runs carried their summary hold, for a variant run with one
     seed, that run's means and spreads over test cases in ``variants``; that is all
-    :func:`aggregate` needs of a run. Returns ``None`` where the variant has several seeds.
+    :func:`aggregate` needs of a run (the per-case values and HD95 are not there).
+
+    Args:
+        report: the results file's content.
+        variant: the variant whose run to rebuild.
+
+    Returns:
+        The summary (``classes``, ``modalities``), or ``None`` where the variant has several
+        seeds, whose individual results the file does not keep.
     """
     entry = report["variants"][variant]
     if len(entry["seeds"]) != 1:
@@ -313,25 +321,30 @@ def restore_records(results_file: Path, runs_root: Path, scale: str) -> list[Pat
     Raises:
         ReproduceError: the file is unreadable, not a results file, or of another scale.
     """
+    problem = f"cannot restore runs from {results_file}: not a readable results file written by "
     try:
         report = json.loads(results_file.read_text())
-        runs, file_scale = report["runs"], report["scale"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ReproduceError(
-            f"cannot restore runs from {results_file}: not a readable results file written by "
-            f"ummkd reproduce ({error})"
-        ) from error
-    if file_scale != scale:
-        raise ReproduceError(
-            f"{results_file} holds scale {file_scale!r} runs, not {scale!r}; give a results file "
-            "of the same scale"
-        )
+        file_scale = report["scale"]
+        if file_scale != scale:
+            raise ReproduceError(
+                f"{results_file} holds scale {file_scale!r} runs, not {scale!r}; give a results "
+                "file of the same scale"
+            )
+        found = []
+        for run in report["runs"]:
+            run_dir = runs_root / scale / run["variant"] / f"seed{run['seed']}"
+            summary = run.get("summary") or _summary_from_one_seed_aggregate(report, run["variant"])
+            found.append((run, run_dir / RECORD, summary))
+    except (OSError, ValueError) as error:
+        raise ReproduceError(f"{problem}ummkd reproduce ({error})") from error
+    except KeyError as error:
+        raise ReproduceError(f"{problem}ummkd reproduce (missing key {error})") from error
+    except (TypeError, AttributeError) as error:
+        raise ReproduceError(f"{problem}ummkd reproduce ({error})") from error
     written = []
-    for run in runs:
-        record_path = runs_root / scale / run["variant"] / f"seed{run['seed']}" / RECORD
+    for run, record_path, summary in found:
         if record_path.is_file():
             continue
-        summary = run.get("summary") or _summary_from_one_seed_aggregate(report, run["variant"])
         if summary is None:
             print(
                 f"[ummkd] {run['variant']} seed {run['seed']}: {results_file} keeps only the "
@@ -339,7 +352,8 @@ def restore_records(results_file: Path, runs_root: Path, scale: str) -> list[Pat
                 flush=True,
             )
             continue
-        record = {**run, "summary": summary, "restored_from": str(results_file)}
+        record = {k: v for k, v in run.items() if k != "summary_path"}  # that file is gone
+        record.update(summary=summary, restored_from=str(results_file))
         record_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(record_path, (json.dumps(record, indent=2) + "\n").encode())
         written.append(record_path)
@@ -579,10 +593,14 @@ def write_results(report: Mapping[str, Any], results_dir: Path, stem: str) -> di
 
 def reproduce(args: argparse.Namespace) -> dict[str, Path]:
     """Run (or reuse) every requested variant and seed, then write the results files."""
-    data_root = ensure_dataset(args.data, args.source)
+    if args.restore and args.rerun:
+        raise ReproduceError(
+            "--restore reuses finished runs and --rerun trains them again: give only one"
+        )
     for results_file in args.restore:
         for path in restore_records(results_file, args.runs, args.scale):
             print(f"[ummkd] restored {path} from {results_file}", flush=True)
+    data_root = ensure_dataset(args.data, args.source)
     extra = list(args.extra)
     if args.trainer_config:
         extra = ["--config", str(args.trainer_config), *extra]
