@@ -366,3 +366,31 @@ def test_restore_and_rerun_together_are_refused(
     code = main(["--restore", str(results), "--rerun", "--data", str(tmp_path / "none")])
     assert code == 1
     assert "give only one" in capsys.readouterr().err
+
+
+def test_report_only_writes_the_finished_runs_and_trains_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = {
+        "joint": [_record("joint", 0, {"ct": 0.8, "mr": 0.7})],
+        "ummkd": [_record("ummkd", s, {"ct": 0.8 + s / 20, "mr": 0.7}) for s in (0, 1)],
+    }
+    results = _write_json(tmp_path / "r.json", {**_header(), **_report(records)})
+    runs = tmp_path / "runs"
+    argv = ["--report-only", "--runs", str(runs), "--results", str(tmp_path / "out")]
+    argv += ["--data", str(tmp_path / "no_data"), "--variants", "joint", "ummkd"]
+    assert main([*argv, "--seeds", "0", "1", "--restore", str(results)]) == 0
+    assert "left out of the report: joint seed 1" in capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "abdominal_2d_cpu.json").read_text())
+    assert report["seeds"] == [0, 1]
+    assert report["variants"]["joint"]["seeds"] == [0]
+    assert report["variants"]["ummkd"]["seeds"] == [0, 1]
+    assert report["variants"]["ummkd"]["modalities"]["ct"]["dice"]["over"] == "seeds"
+    text = (tmp_path / "out" / "abdominal_2d_cpu.md").read_text()
+    assert "for the variants with several seeds, standard deviation over test cases" in text
+    assert "| `joint` | joint training, shared norms, no KD | 0 |" in text
+    assert "| `ummkd` | ummkd: shared kernels, modality norms + KD | 0, 1 |" in text
+    assert not list(runs.rglob("*.log"))  # nothing was trained
+
+    assert main([*argv, "--seeds", "5"]) == 1
+    assert "no finished runs" in capsys.readouterr().err

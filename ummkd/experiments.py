@@ -446,6 +446,18 @@ def _display(command: str) -> str:
     return re.sub(r"^\S*python\S* -m ummkd ", "ummkd ", command)
 
 
+def _spread_note(variants: Mapping[str, Any]) -> str:
+    """What the ± in the report means, given how many seeds each variant has."""
+    between = "standard deviation between seeds (of each run's mean over test cases)"
+    over_cases = "standard deviation over test cases"
+    several = {len(entry["seeds"]) > 1 for entry in variants.values()}
+    if several == {True}:
+        return between + "."
+    if several == {False}:
+        return over_cases + " (one seed)."
+    return f"{between} for the variants with several seeds, {over_cases} for those with one."
+
+
 def results_markdown(report: Mapping[str, Any]) -> str:
     """Render the reproduction report as markdown (overview table, then per-organ tables)."""
     agg = report["variants"]
@@ -459,25 +471,21 @@ def results_markdown(report: Mapping[str, Any]) -> str:
         f"- Machine: {report['machine']}",
         f"- Data: `{report['data_root']}` (BTCV CT + CHAOS T2-SPIR MR, fixed split: "
         f"{report['n_test']} test cases); checkpoint chosen on validation Dice, numbers on test.",
-        f"- Seeds: {', '.join(map(str, report['seeds']))}. Spread: "
-        + (
-            "standard deviation between seeds (of each run's mean over test cases)."
-            if len(report["seeds"]) > 1
-            else "standard deviation over test cases (one seed)."
-        ),
+        f"- Seeds: {', '.join(map(str, report['seeds']))}. Spread: " + _spread_note(agg),
         f"- Scale: {report['scale_note']}",
         f"- Command: `{report['command']}`",
         "",
-        "| variant | what | weights | train min (range) | val Dice | "
+        "| variant | what | seeds | weights | train min (range) | val Dice | "
         + " | ".join(f"{m.upper()} Dice | {m.upper()} ASSD mm" for m in modalities)
         + " |",
-        "|---|---|---|---|---|" + "---|---|" * len(modalities),
+        "|---|---|---|---|---|---|" + "---|---|" * len(modalities),
     ]
     for variant, entry in agg.items():
         params = entry["parameters"]
         row = [
             f"`{variant}`",
             DESCRIPTIONS.get(variant, ""),
+            ", ".join(map(str, entry["seeds"])),
             f"{params / 1e6:.2f} M" if params else "—",
             _minutes(entry["fit_seconds"]),
             _fmt(dict(zip(("mean", "std"), entry["val_dice_best"], strict=True)), 3),
@@ -600,14 +608,22 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
     for results_file in args.restore:
         for path in restore_records(results_file, args.runs, args.scale):
             print(f"[ummkd] restored {path} from {results_file}", flush=True)
-    data_root = ensure_dataset(args.data, args.source)
+    data_root = args.data if args.report_only else ensure_dataset(args.data, args.source)
     extra = list(args.extra)
     if args.trainer_config:
         extra = ["--config", str(args.trainer_config), *extra]
     # Runs go in the order given; the report lists the variants in the paper's order.
     records: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS if v in args.variants}
+    unfinished = []
     for seed in args.seeds:
         for variant in args.variants:
+            if args.report_only:
+                record_path = args.runs / args.scale / variant / f"seed{seed}" / RECORD
+                if record_path.is_file():
+                    records[variant].append(json.loads(record_path.read_text()))
+                else:
+                    unfinished.append(f"{variant} seed {seed}")
+                continue
             records[variant].append(
                 run_variant(
                     variant,
@@ -621,7 +637,13 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
                     rerun=args.rerun,
                 )
             )
+    if unfinished:
+        print(f"[ummkd] not finished, left out of the report: {', '.join(unfinished)}", flush=True)
     runs = [r for variant_runs in records.values() for r in variant_runs]
+    if not runs:
+        raise ReproduceError(
+            f"no finished runs below {args.runs / args.scale} for the variants and seeds asked for"
+        )
     tested = [r["summary"]["modalities"] for r in runs]
     modalities = sorted({m for result in tested for m in result})
     n_test = sum(max(t[m]["n_cases"] for t in tested if m in t) for m in modalities)
@@ -635,7 +657,7 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
         "command": command.strip(),
         "data_root": str(data_root),
         "n_test": n_test,
-        "seeds": list(args.seeds),
+        "seeds": sorted({r["seed"] for r in runs}),
         "classes": runs[0]["summary"]["classes"],
         "modalities": modalities,
         "variants": aggregate(records),
@@ -680,6 +702,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", help="results file stem (default: abdominal_2d_<scale>)")
     parser.add_argument(
         "--rerun", action="store_true", help="train again even where a finished record exists"
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write the results files from the runs already finished (the "
+        "missing ones are listed and left out)",
     )
     parser.add_argument(
         "--restore",
