@@ -205,6 +205,11 @@ def _run(command: Sequence[str], log: Path) -> float:
     return seconds
 
 
+def record_path_of(runs_root: Path, scale: str, variant: str, seed: int) -> Path:
+    """Where the finished run of ``variant`` with ``seed`` keeps its ``record.json``."""
+    return runs_root / scale / variant / f"seed{seed}" / RECORD
+
+
 def run_variant(
     variant: str,
     seed: int,
@@ -223,8 +228,8 @@ def run_variant(
         The record: commands, wall times, best validation Dice, weight count and the test
         summary (as written by ``ummkd test``).
     """
-    run_dir = runs_root / scale / variant / f"seed{seed}"
-    record_path = run_dir / RECORD
+    record_path = record_path_of(runs_root, scale, variant, seed)
+    run_dir = record_path.parent
     if record_path.is_file() and not rerun:
         print(f"[ummkd] {variant} seed {seed}: reusing {record_path}", flush=True)
         return json.loads(record_path.read_text())
@@ -332,15 +337,12 @@ def restore_records(results_file: Path, runs_root: Path, scale: str) -> list[Pat
             )
         found = []
         for run in report["runs"]:
-            run_dir = runs_root / scale / run["variant"] / f"seed{run['seed']}"
+            path = record_path_of(runs_root, scale, run["variant"], run["seed"])
             summary = run.get("summary") or _summary_from_one_seed_aggregate(report, run["variant"])
-            found.append((run, run_dir / RECORD, summary))
-    except (OSError, ValueError) as error:
-        raise ReproduceError(f"{problem}ummkd reproduce ({error})") from error
-    except KeyError as error:
-        raise ReproduceError(f"{problem}ummkd reproduce (missing key {error})") from error
-    except (TypeError, AttributeError) as error:
-        raise ReproduceError(f"{problem}ummkd reproduce ({error})") from error
+            found.append((run, path, summary))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        detail = f"missing key {error}" if isinstance(error, KeyError) else str(error)
+        raise ReproduceError(f"{problem}ummkd reproduce ({detail})") from error
     written = []
     for run, record_path, summary in found:
         if record_path.is_file():
@@ -618,7 +620,7 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
     for seed in args.seeds:
         for variant in args.variants:
             if args.report_only:
-                record_path = args.runs / args.scale / variant / f"seed{seed}" / RECORD
+                record_path = record_path_of(args.runs, args.scale, variant, seed)
                 if record_path.is_file():
                     records[variant].append(json.loads(record_path.read_text()))
                 else:
