@@ -134,6 +134,7 @@ def _record(variant: str, seed: int, dice: dict[str, float]) -> dict[str, Any]:
         "test_seconds": 5.0,
         "val_dice_best": 0.5,
         "parameters": 1234,
+        "commit": "0123456789ab",
         "fit_command": "/opt/venv/bin/python3 -m ummkd fit --config a.yaml",
         "test_command": "ummkd test ...",
         "summary": _summary(dice, ["liver", "spleen"]),
@@ -219,6 +220,7 @@ def test_reproduce_end_to_end_on_phantoms(tiny_dataset: Path, tmp_path: Path) ->
         str(tmp_path / "runs"),
         "--results",
         str(tmp_path / "results"),
+        "--allow-mixed-commits",  # the tree under test may hold uncommitted changes
         "--extra",
         *FAST,
         "--data.patch_size=[32,32]",
@@ -394,3 +396,71 @@ def test_report_only_writes_the_finished_runs_and_trains_nothing(
 
     assert main([*argv, "--seeds", "5"]) == 1
     assert "no finished runs" in capsys.readouterr().err
+
+
+def _cv_record(variant: str, fold: int, cases: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """A finished cross-validation run; ``cases``: modality -> case id -> Dice."""
+    modalities = {}
+    for modality, values in cases.items():
+        modalities[modality] = {
+            "n_cases": len(values),
+            "cases": [
+                {
+                    "id": cid,
+                    "mean": {"dice": v, "assd": 1 - v, "hd95": 10 * (1 - v)},
+                    "metrics": {"liver": {"dice": v, "assd": 1 - v, "hd95": 10 * (1 - v)}},
+                }
+                for cid, v in values.items()
+            ],
+        }
+    return {
+        "variant": variant,
+        "seed": 0,
+        "fold": fold,
+        "splits": "splits_cv2.json",
+        "commit": "0123456789ab",
+        "fit_seconds": 60.0,
+        "test_seconds": 5.0,
+        "parameters": 1234,
+        "fit_command": "ummkd fit --config a.yaml",
+        "test_command": "ummkd test ...",
+        "summary": {"classes": ["liver"], "modalities": modalities},
+    }
+
+
+def test_cross_validation_report_pools_folds_and_compares_per_case(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ummkd.experiments import Fold, record_path_of
+
+    folds = {0: {"ct": ["a", "b"], "mr": ["m"]}, 1: {"ct": ["c", "d"], "mr": ["n"]}}
+    gain = {"ummkd": 0.05, "joint": 0.0}
+    runs = tmp_path / "runs"
+    for variant, extra in gain.items():
+        for fold, ids in folds.items():
+            base = {"a": 0.8, "b": 0.7, "c": 0.9, "d": 0.6, "m": 0.75, "n": 0.85}
+            cases = {
+                m: {i: base[i] + extra + 0.001 * k for k, i in enumerate(v)} for m, v in ids.items()
+            }
+            path = record_path_of(runs, "cpu", variant, 0, Fold("splits_cv2.json", fold))
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps(_cv_record(variant, fold, cases)))
+    argv = ["--report-only", "--folds", "2", "--runs", str(runs), "--variants", "joint", "ummkd"]
+    argv += ["--results", str(tmp_path / "out"), "--data", str(tmp_path / "data")]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "out" / "abdominal_cv_cpu.json").read_text())
+    assert report["cases"]["ummkd"] == {"ct": ["a", "b", "c", "d"], "mr": ["m", "n"]}
+    ct = report["comparisons"]["joint"]["ct"]["dice"]
+    assert ct["n"] == 4 and ct["mean_difference"] == pytest.approx(0.05)
+    assert report["variants"]["ummkd"]["folds"] == [0, 1]
+    text = (tmp_path / "out" / "abdominal_cv_cpu.md").read_text()
+    assert "| `joint` | CT | 4 | +0.050 [" in text
+    assert "sample standard deviation over test cases" in text
+
+    # runs of another commit are refused unless asked for, and then listed
+    other = record_path_of(runs, "cpu", "joint", 0, Fold("splits_cv2.json", 1))
+    other.write_text(other.read_text().replace("0123456789ab", "ba9876543210"))
+    assert main(argv) == 1
+    assert "one clean commit" in capsys.readouterr().err
+    assert main([*argv, "--allow-mixed-commits"]) == 0
+    assert "`ba9876543210`" in (tmp_path / "out" / "abdominal_cv_cpu.md").read_text()

@@ -16,8 +16,8 @@ Two scales:
   multi-stream baselines, ``cpu_<variant>.yaml``: a 5-level MONAI U-Net for every variant instead
   of the paper's 39 M-weight dilated ResNet, 2 mm in-plane spacing, 160x160 crops, 1200 steps;
   about 12 minutes per two-modality variant on 2 CPU cores.
-* ``full``: the variant configs alone (paper settings, 50,000 steps); give a trainer profile,
-  e.g. ``--trainer-config configs/trainer/gpu.yaml``.
+* ``full``: the variant configs alone (the paper's 2D settings, 150,000 steps); give a trainer
+  profile, e.g. ``--trainer-config configs/trainer/gpu.yaml``.
 
 The results land in ``results/abdominal_2d_<scale>.md``, ``.json`` and ``.png``: Dice and ASSD
 per organ and modality (mean ± std over test cases; with several seeds, the mean over seeds of
@@ -44,13 +44,22 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ummkd.data.io import atomic_write_bytes
+from ummkd.data.cross_validation import cross_validation_splits, describe_splits
+from ummkd.data.dataset_spec import DatasetSpecError, load_dataset
+from ummkd.data.io import atomic_write_bytes, write_json
+from ummkd.evaluation.comparison import (
+    comparison_markdown,
+    paired_comparisons,
+    pool_cases,
+    pooled_statistics,
+)
 from ummkd.evaluation.report import grouped_bars_png, json_safe
 
 VARIANTS = ("single_ct", "single_mr", "joint", "separate_norm", "x_shape", "y_shape", "ummkd")
@@ -113,6 +122,7 @@ def run_commands(
     data_root: Path,
     run_dir: Path,
     seed: int,
+    fold: Fold | None = None,
     extra: Sequence[str] = (),
     executable: Sequence[str] = ("ummkd",),
 ) -> tuple[list[str], list[str]]:
@@ -123,6 +133,8 @@ def run_commands(
         data_root: dataset folder (``--data.root``).
         run_dir: the run's ``--trainer.default_root_dir``.
         seed: ``--seed_everything``.
+        fold: cross-validation fold (``--data.splits``, ``--data.fold``); ``None`` uses the
+            dataset's own split.
         extra: further CLI arguments appended to both commands (e.g. a trainer profile).
         executable: how to call ummkd.
 
@@ -141,8 +153,10 @@ def run_commands(
         str(run_dir),
         "--trainer.enable_progress_bar",
         "false",
-        *extra,
     ]
+    if fold is not None:
+        common += ["--data.splits", fold.splits, "--data.fold", str(fold.index)]
+    common += list(extra)
     fit = [*executable, "fit", *common]
     test = [*executable, "test", *common, "--ckpt_path", "best", "--verbose", "false"]
     return fit, test
@@ -205,15 +219,82 @@ def _run(command: Sequence[str], log: Path) -> float:
     return seconds
 
 
-def record_path_of(runs_root: Path, scale: str, variant: str, seed: int) -> Path:
-    """Where the finished run of ``variant`` with ``seed`` keeps its ``record.json``."""
-    return runs_root / scale / variant / f"seed{seed}" / RECORD
+@dataclass(frozen=True)
+class Fold:
+    """One fold of a cross-validation splits file.
+
+    Attributes:
+        splits: The splits file, relative to the dataset folder (e.g. ``splits_cv5.json``).
+        index: The fold.
+    """
+
+    splits: str
+    index: int
+
+
+def record_path_of(
+    runs_root: Path, scale: str, variant: str, seed: int, fold: Fold | None = None
+) -> Path:
+    """Where the finished run of ``variant`` with ``seed`` (and ``fold``) keeps its record."""
+    if fold is None:
+        return runs_root / scale / variant / f"seed{seed}" / RECORD
+    stem = fold.splits.removesuffix(".json")
+    return runs_root / scale / stem / variant / f"fold{fold.index}" / f"seed{seed}" / RECORD
+
+
+def write_cv_splits(
+    data_root: Path, n_folds: int, train_limit: Mapping[str, int], seed: int = 0
+) -> str:
+    """Write (or reuse) the cross-validation splits file in the dataset folder.
+
+    Returns:
+        Its name relative to ``data_root`` (``splits_cv<N>[_<modality><K>...].json``).
+
+    Raises:
+        ReproduceError: the dataset cannot give the folds, or a file of that name holds other
+            folds (it is never replaced).
+    """
+    spec = load_dataset(data_root)
+    try:
+        splits = cross_validation_splits(spec, n_folds, seed=seed, train_limit=train_limit)
+    except DatasetSpecError as error:
+        raise ReproduceError(str(error)) from error
+    name = f"splits_cv{n_folds}" + "".join(f"_{m}{k}" for m, k in sorted(train_limit.items()))
+    path = data_root / f"{name}.json"
+    content = {
+        **splits.to_json_dict(),
+        "description": describe_splits(n_folds, seed, train_limit),
+    }
+    if path.is_file():
+        if json.loads(path.read_text()) != content:
+            raise ReproduceError(
+                f"{path} exists and holds other folds than the ones to write; move it away"
+            )
+    else:
+        write_json(content, path)
+    return path.name
+
+
+def parse_train_limit(items: Sequence[str]) -> dict[str, int]:
+    """``["mr=4"]`` -> ``{"mr": 4}``.
+
+    Raises:
+        ReproduceError: an item is not ``MODALITY=COUNT``.
+    """
+    limits = {}
+    for item in items:
+        modality, _, count = item.partition("=")
+        if not modality or not count.isdigit():
+            raise ReproduceError(f"--train-limit {item!r}: expected MODALITY=COUNT, e.g. mr=4")
+        limits[modality] = int(count)
+    return limits
 
 
 def run_variant(
     variant: str,
     seed: int,
     *,
+    fold: Fold | None = None,
     scale: str,
     config_dir: Path,
     data_root: Path,
@@ -228,7 +309,7 @@ def run_variant(
         The record: commands, wall times, best validation Dice, weight count and the test
         summary (as written by ``ummkd test``).
     """
-    record_path = record_path_of(runs_root, scale, variant, seed)
+    record_path = record_path_of(runs_root, scale, variant, seed, fold)
     run_dir = record_path.parent
     if record_path.is_file() and not rerun:
         print(f"[ummkd] {variant} seed {seed}: reusing {record_path}", flush=True)
@@ -243,6 +324,7 @@ def run_variant(
         data_root=data_root,
         run_dir=run_dir,
         seed=seed,
+        fold=fold,
         extra=extra,
         executable=executable,
     )
@@ -254,6 +336,8 @@ def run_variant(
     record = {
         "variant": variant,
         "seed": seed,
+        "fold": None if fold is None else fold.index,
+        "splits": None if fold is None else fold.splits,
         "scale": scale,
         "commit": git_commit(),
         "fit_command": shlex.join(fit),
@@ -337,7 +421,8 @@ def restore_records(results_file: Path, runs_root: Path, scale: str) -> list[Pat
             )
         found = []
         for run in report["runs"]:
-            path = record_path_of(runs_root, scale, run["variant"], run["seed"])
+            fold = Fold(run["splits"], run["fold"]) if run.get("fold") is not None else None
+            path = record_path_of(runs_root, scale, run["variant"], run["seed"], fold)
             summary = run.get("summary") or _summary_from_one_seed_aggregate(report, run["variant"])
             found.append((run, path, summary))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
@@ -527,6 +612,101 @@ def results_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cv_results_markdown(report: Mapping[str, Any]) -> str:
+    """Render a cross-validation report: pooled per-case results and paired differences."""
+    variants = report["variants"]
+    modalities = report["modalities"]
+    classes = report["classes"]
+    splits = report["splits"]
+    commits = report["run_commits"]
+    limit = splits["train_limit"]
+    lines = [
+        f"# Abdominal 2D proxy, {splits['n_folds']}-fold cross-validation, scale "
+        f"`{report['scale']}`" + (f", training cases cut to {limit}" if limit else ""),
+        "",
+        "A 2D proxy of the paper's 3D abdominal experiment (BTCV CT + CHAOS T2-SPIR MR), at the "
+        "scale below. Every labelled case is a test case of exactly one fold; the checkpoint is "
+        "chosen on each fold's validation cases. Scores: per case, 3D, on the label file as "
+        "stored (native grid), mean over the 4 organs.",
+        "",
+        f"- Date: {report['date']}; runs from commit(s) {', '.join(f'`{c}`' for c in commits)}; "
+        f"report written at `{report['commit']}`",
+        f"- Machine: {report['machine']}",
+        f"- Folds: `{report['data_root']}/{splits['file']}`; seeds: "
+        + ", ".join(map(str, report["seeds"])),
+        f"- Scale: {report['scale_note']}",
+        f"- Command: `{report['command']}`",
+        "- ±: sample standard deviation over test cases.",
+    ]
+    if report.get("unfinished"):
+        lines.append(f"- **Not finished, left out:** {', '.join(report['unfinished'])}")
+    lines += [
+        "",
+        "| variant | what | folds | weights | train min (range) | "
+        + " | ".join(
+            f"{m.upper()} Dice (n) | {m.upper()} ASSD mm | {m.upper()} HD95 mm" for m in modalities
+        )
+        + " |",
+        "|---|---|---|---|---|" + "---|---|---|" * len(modalities),
+    ]
+    for variant, entry in variants.items():
+        params = entry["parameters"]
+        row = [
+            f"`{variant}`",
+            DESCRIPTIONS.get(variant, ""),
+            ", ".join(map(str, entry["folds"])),
+            f"{params / 1e6:.2f} M" if params else "—",
+            _minutes(entry["fit_seconds"]),
+        ]
+        for m in modalities:
+            result = entry["modalities"].get(m)
+            if result is None:
+                row += ["—", "—", "—"]
+                continue
+            row += [
+                f"{_fmt(result['dice'], 3)} ({result['n_cases']})",
+                _fmt(result["assd"], 2),
+                _fmt(result["hd95"], 1),
+            ]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "## Paired differences",
+        "",
+        "Per case, `ummkd` minus the baseline, over the test cases both scored; 95 % BCa "
+        "bootstrap confidence interval over cases; two-sided Wilcoxon signed-rank p-value. A "
+        "difference is stated only where the interval excludes 0.",
+        "",
+        *comparison_markdown(report["comparisons"], "ummkd"),
+    ]
+    for m in modalities:
+        lines += [
+            "",
+            f"## {m.upper()}: Dice (HD95 mm) per organ",
+            "",
+            "| variant | " + " | ".join(classes) + " |",
+            "|---|" + "---|" * len(classes),
+        ]
+        for variant, entry in variants.items():
+            result = entry["modalities"].get(m)
+            if result:
+                cells = [
+                    f"{_fmt(result['per_class'][c]['dice'], 3)} "
+                    f"({_fmt(result['per_class'][c]['hd95'], 1)})"
+                    for c in classes
+                ]
+                lines.append(f"| `{variant}` | " + " | ".join(cells) + " |")
+    lines += ["", "## Runs", ""]
+    for record in report["runs"]:
+        lines += [
+            f"- `{record['variant']}` fold {record['fold']} seed {record['seed']}: fit "
+            f"{record['fit_seconds']:.0f} s, test {record['test_seconds']:.0f} s, commit "
+            f"`{record.get('commit', 'unknown')}`",
+            f"  - `{_display(record['fit_command'])}`",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 def results_png(report: Mapping[str, Any]) -> bytes:
     """Grouped bars: mean test Dice per variant and modality, with the spread as error bars."""
     variants = list(report["variants"])
@@ -578,15 +758,17 @@ def machine_description() -> str:
 
 
 SCALE_NOTES = {
-    "cpu": "configs/abdominal_2d/cpu.yaml overlay (+ cpu_x_shape/cpu_y_shape.yaml): every "
+    "cpu": "a 2D proxy of the paper's 3D abdominal experiment at CPU scale: "
+    "configs/abdominal_2d/cpu.yaml overlay (+ cpu_x_shape/cpu_y_shape.yaml); every "
     "variant uses the same 5-level MONAI U-Net (16-256 channels; the multi-stream baselines give "
     "each modality its own copy of the top 2 levels' down layers, and for X-shape also of their "
-    "up layers) instead of the paper's 39 M-weight dilated ResNet; 2 mm in-plane spacing, "
-    "160x160 crops, batch 8 per modality, 1200 steps (paper: 50,000), Adam 2e-3 x0.7 every 300 "
-    "steps, validation every 300 steps. Far below the paper's budget: compare the variants with "
-    "each other, not with the paper's numbers.",
-    "full": "the variant configs as they are (paper settings: base width 16, 256x256, 50,000 "
-    "steps).",
+    "up layers) instead of the paper's 39 M-weight dilated ResNet; images reoriented to RAS, CT "
+    "in HU (window -125..275), 2 mm in-plane spacing, 160x160 crops, batch 8 per modality, 1200 "
+    "steps (the paper's 2D schedule: 150,000), Adam 2e-3 x0.7 every 300 steps, validation every "
+    "300 steps. Far below the paper's budget: compare the variants with each other, not with the "
+    "paper's numbers.",
+    "full": "the variant configs as they are (the paper's 2D network and schedule: base width "
+    "16, 256x256, 150,000 steps), a 2D proxy of its 3D abdominal experiment.",
 }
 
 
@@ -596,49 +778,143 @@ def write_results(report: Mapping[str, Any], results_dir: Path, stem: str) -> di
     paths = {ext: results_dir / f"{stem}.{ext}" for ext in ("md", "json", "png")}
     text = json.dumps(json_safe(dict(report)), indent=2, allow_nan=False) + "\n"
     atomic_write_bytes(paths["json"], text.encode())
-    atomic_write_bytes(paths["md"], results_markdown(report).encode())
+    markdown = cv_results_markdown(report) if "splits" in report else results_markdown(report)
+    atomic_write_bytes(paths["md"], markdown.encode())
     atomic_write_bytes(paths["png"], results_png(report))
     return paths
 
 
+def check_one_code_version(runs: Sequence[Mapping[str, Any]], allow_mixed: bool) -> list[str]:
+    """The commits the runs come from; refuse several or a dirty tree unless allowed.
+
+    Raises:
+        ReproduceError: the runs come from several commits or from uncommitted changes and
+            ``allow_mixed`` is off (the message lists them).
+    """
+    commits = sorted({str(r.get("commit", "unknown")) for r in runs})
+    mixed = len(commits) > 1 or any(c.endswith("-dirty") or c == "unknown" for c in commits)
+    if mixed and not allow_mixed:
+        raise ReproduceError(
+            f"the runs come from {', '.join(commits)}: a results file holds runs of one clean "
+            "commit; rerun the others from that commit (a git worktree), or pass "
+            "--allow-mixed-commits to aggregate anyway (the report then lists the commits)"
+        )
+    return commits
+
+
+def cross_validation_report(
+    records: Mapping[str, Sequence[Mapping[str, Any]]], classes: Sequence[str], method: str
+) -> dict[str, Any]:
+    """Pool each variant's folds (one seed at a time) and compare ``method`` with the rest.
+
+    Returns:
+        ``{"variants": {variant: {"folds", "seeds", "modalities": pooled statistics}},
+        "comparisons": paired differences, "coverage": {variant: {modality: case count}}}``;
+        with several seeds, a case's value is its mean over the seeds.
+    """
+    pooled: dict[str, dict[str, dict[str, Any]]] = {}
+    variants: dict[str, Any] = {}
+    for variant, runs in records.items():
+        if not runs:
+            continue
+        by_seed: dict[int, list[Mapping[str, Any]]] = {}
+        for run in runs:
+            by_seed.setdefault(run["seed"], []).append(run["summary"])
+        per_seed = [pool_cases(summaries) for summaries in by_seed.values()]
+        pooled[variant] = _mean_over_seeds(per_seed)
+        variants[variant] = {
+            "folds": sorted({r["fold"] for r in runs}),
+            "seeds": sorted(by_seed),
+            "parameters": runs[0].get("parameters"),
+            "fit_seconds": _time_range([r["fit_seconds"] for r in runs]),
+            "modalities": pooled_statistics(pooled[variant], classes),
+        }
+    return {
+        "variants": variants,
+        "comparisons": paired_comparisons(pooled, method),
+        "cases": {v: {m: sorted(c) for m, c in p.items()} for v, p in pooled.items()},
+    }
+
+
+def _mean_over_seeds(per_seed: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    """One pooled case set: each case's values averaged over the seeds that tested it."""
+    if len(per_seed) == 1:
+        return {m: dict(cases) for m, cases in per_seed[0].items()}
+    merged: dict[str, dict[str, Any]] = {}
+    for modality in per_seed[0]:
+        ids = sorted(set().union(*(p.get(modality, {}).keys() for p in per_seed)))
+        merged[modality] = {}
+        for case_id in ids:
+            copies = [p[modality][case_id] for p in per_seed if case_id in p.get(modality, {})]
+            mean = {k: _nanmean([c["mean"][k] for c in copies]) for k in copies[0]["mean"]}
+            metrics = {
+                cls: {k: _nanmean([c["metrics"][cls][k] for c in copies]) for k in values}
+                for cls, values in copies[0]["metrics"].items()
+            }
+            merged[modality][case_id] = {"id": case_id, "mean": mean, "metrics": metrics}
+    return merged
+
+
+def _nanmean(values: Sequence[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and np.isfinite(v)]
+    return statistics.fmean(finite) if finite else None
+
+
 def reproduce(args: argparse.Namespace) -> dict[str, Path]:
-    """Run (or reuse) every requested variant and seed, then write the results files."""
+    """Run (or reuse) every requested variant, fold and seed, then write the results files."""
     if args.restore and args.rerun:
         raise ReproduceError(
             "--restore reuses finished runs and --rerun trains them again: give only one"
         )
+    train_limit = parse_train_limit(args.train_limit)
+    if train_limit and not args.folds:
+        raise ReproduceError("--train-limit needs --folds (it cuts each fold's training cases)")
     for results_file in args.restore:
         for path in restore_records(results_file, args.runs, args.scale):
             print(f"[ummkd] restored {path} from {results_file}", flush=True)
     data_root = args.data if args.report_only else ensure_dataset(args.data, args.source)
+    folds: list[Fold | None] = [None]
+    if args.folds:
+        name = (
+            write_cv_splits(data_root, args.folds, train_limit)
+            if not args.report_only
+            else f"splits_cv{args.folds}"
+            + "".join(f"_{m}{k}" for m, k in sorted(train_limit.items()))
+            + ".json"
+        )
+        folds = [Fold(name, k) for k in (args.only_folds or range(args.folds))]
     extra = list(args.extra)
     if args.trainer_config:
         extra = ["--config", str(args.trainer_config), *extra]
-    # Runs go in the order given; the report lists the variants in the paper's order.
+    # Runs go fold by fold, seed by seed, in the variant order given; the report lists the
+    # variants in the paper's order.
     records: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS if v in args.variants}
     unfinished = []
-    for seed in args.seeds:
-        for variant in args.variants:
-            if args.report_only:
-                record_path = record_path_of(args.runs, args.scale, variant, seed)
-                if record_path.is_file():
-                    records[variant].append(json.loads(record_path.read_text()))
-                else:
-                    unfinished.append(f"{variant} seed {seed}")
-                continue
-            records[variant].append(
-                run_variant(
-                    variant,
-                    seed,
-                    scale=args.scale,
-                    config_dir=args.configs,
-                    data_root=data_root,
-                    runs_root=args.runs,
-                    extra=extra,
-                    executable=args.executable,
-                    rerun=args.rerun,
+    for fold in folds:
+        for seed in args.seeds:
+            for variant in args.variants:
+                if args.report_only:
+                    record_path = record_path_of(args.runs, args.scale, variant, seed, fold)
+                    if record_path.is_file():
+                        records[variant].append(json.loads(record_path.read_text()))
+                    else:
+                        where = "" if fold is None else f" fold {fold.index}"
+                        unfinished.append(f"{variant}{where} seed {seed}")
+                    continue
+                records[variant].append(
+                    run_variant(
+                        variant,
+                        seed,
+                        fold=fold,
+                        scale=args.scale,
+                        config_dir=args.configs,
+                        data_root=data_root,
+                        runs_root=args.runs,
+                        extra=extra,
+                        executable=args.executable,
+                        rerun=args.rerun,
+                    )
                 )
-            )
     if unfinished:
         print(f"[ummkd] not finished, left out of the report: {', '.join(unfinished)}", flush=True)
     runs = [r for variant_runs in records.values() for r in variant_runs]
@@ -646,27 +922,44 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
         raise ReproduceError(
             f"no finished runs below {args.runs / args.scale} for the variants and seeds asked for"
         )
+    commits = check_one_code_version(runs, args.allow_mixed_commits)
     tested = [r["summary"]["modalities"] for r in runs]
     modalities = sorted({m for result in tested for m in result})
-    n_test = sum(max(t[m]["n_cases"] for t in tested if m in t) for m in modalities)
     command = "ummkd reproduce " + shlex.join(args.argv)
-    report = {
+    report: dict[str, Any] = {
         "scale": args.scale,
         "scale_note": SCALE_NOTES[args.scale],
         "date": time.strftime("%Y-%m-%d"),
         "commit": git_commit(),
+        "run_commits": commits,
         "machine": machine_description(),
         "command": command.strip(),
         "data_root": str(data_root),
-        "n_test": n_test,
         "seeds": sorted({r["seed"] for r in runs}),
         "classes": runs[0]["summary"]["classes"],
         "modalities": modalities,
-        "variants": aggregate(records),
-        # Each run with its test summary, so that --restore can rebuild its record.
-        "runs": [r for runs in records.values() for r in runs],
+        "unfinished": unfinished,
     }
-    stem = args.name or f"abdominal_2d_{args.scale}"
+    if args.folds:
+        splits_path = data_root / folds[0].splits
+        report["splits"] = {
+            "file": folds[0].splits,
+            "n_folds": args.folds,
+            "train_limit": train_limit,
+            "folds": json.loads(splits_path.read_text())["folds"]
+            if splits_path.is_file()
+            else None,
+        }
+        report.update(cross_validation_report(records, report["classes"], "ummkd"))
+        stem = args.name or "abdominal_cv_" + args.scale + (
+            "".join(f"_{m}{k}" for m, k in sorted(train_limit.items()))
+        )
+    else:
+        report["n_test"] = sum(max(t[m]["n_cases"] for t in tested if m in t) for m in modalities)
+        report["variants"] = aggregate(records)
+        stem = args.name or f"abdominal_2d_{args.scale}"
+    # Each run with its test summary, so that --restore can rebuild its record.
+    report["runs"] = runs
     return write_results(report, args.results, stem)
 
 
@@ -702,6 +995,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder")
     parser.add_argument("--name", help="results file stem (default: abdominal_2d_<scale>)")
+    parser.add_argument(
+        "--folds",
+        type=int,
+        help="N-fold cross-validation over every labelled case (modality-stratified, fold 0 = "
+        "the dataset's own split), written to <data>/splits_cv<N>.json; default: the dataset's "
+        "own split",
+    )
+    parser.add_argument(
+        "--only-folds",
+        type=int,
+        nargs="+",
+        metavar="K",
+        help="with --folds: run (or report) only these folds",
+    )
+    parser.add_argument(
+        "--train-limit",
+        nargs="+",
+        default=[],
+        metavar="MODALITY=COUNT",
+        help="with --folds: keep only COUNT training cases of MODALITY per fold (a fixed, "
+        "seeded subset), e.g. mr=4 for the label-scarce setting",
+    )
+    parser.add_argument(
+        "--allow-mixed-commits",
+        action="store_true",
+        help="aggregate runs from several commits or a dirty tree (the report lists them)",
+    )
     parser.add_argument(
         "--rerun", action="store_true", help="train again even where a finished record exists"
     )

@@ -13,6 +13,7 @@ from tests.data.test_importers import assert_valid_dataset, snapshot
 from ummkd.data.importers.alpnet import import_alpnet
 from ummkd.data.importers.common import DatasetImportError
 from ummkd.data.importers.pnpadanet import import_pnpadanet
+from ummkd.data.intensity import ct_units_warnings
 
 pytestmark = pytest.mark.realdata
 ORGANS = {"liver": 1, "kidney_right": 2, "kidney_left": 3, "spleen": 4}
@@ -65,7 +66,7 @@ def test_alpnet_subset_orientation_and_split(abdominal: Path, tmp_path: Path) ->
     assert ids == ["ct_0", "ct_1", "mr_1", "mr_2"]
     assert splits == expected_split(abdominal, set(ids))
     assert dataset["modalities"] == {
-        "ct": {"normalization": "ct", "window": [0, 255]},
+        "ct": {"normalization": "ct", "window": [-125.0, 275.0]},
         "mr": {"normalization": "mr"},
     }
     for case in dataset["cases"]:
@@ -75,7 +76,15 @@ def test_alpnet_subset_orientation_and_split(abdominal: Path, tmp_path: Path) ->
     # voxel arrays are untouched; only the CT affine's A-P direction changed (same bounding box)
     source = nib.load(abdominal / "ct_btcv" / "image_0.nii.gz")
     written = nib.load(out / "ct" / "ct_0_image.nii.gz")
-    np.testing.assert_array_equal(np.asarray(written.dataobj), np.asarray(source.dataobj))
+    np.testing.assert_array_equal(written.dataobj.get_unscaled(), np.asarray(source.dataobj))
+    # ... and read back in HU: 8-bit 0..255 stands for -125..275 HU
+    hu = np.asarray(written.dataobj)
+    np.testing.assert_allclose(
+        hu, np.asarray(source.dataobj, dtype=np.float64) * 400 / 255 - 125, atol=1e-3
+    )
+    liver = hu[np.asarray(nib.load(abdominal / "ct_btcv" / "label_0.nii.gz").dataobj) == 6]
+    assert 40 < np.median(liver) < 160  # contrast-enhanced liver, in HU
+    assert not ct_units_warnings(hu)
     assert nib.aff2axcodes(source.affine) == ("L", "P", "S")
     assert nib.aff2axcodes(written.affine) == ("L", "A", "S")
     corners = np.array(np.meshgrid(*[[0, n - 1] for n in source.shape])).reshape(3, -1).T

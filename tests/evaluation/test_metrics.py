@@ -180,11 +180,11 @@ def test_summary_statistics_match_numpy():
             case_means = np.nanmean(values, axis=1)
         for j, metric in enumerate(METRICS):
             np.testing.assert_allclose(result["mean"][metric], np.nanmean(case_means[:, j]))
-            np.testing.assert_allclose(result["std"][metric], np.nanstd(case_means[:, j]))
+            np.testing.assert_allclose(result["std"][metric], _sample_std(case_means[:, j]))
             for k, name in enumerate(classes):
                 stats = result["per_class"][name]
                 np.testing.assert_allclose(stats[metric], np.nanmean(values[:, k, j]))
-                np.testing.assert_allclose(stats[f"{metric}_std"], np.nanstd(values[:, k, j]))
+                np.testing.assert_allclose(stats[f"{metric}_std"], _sample_std(values[:, k, j]))
         for k, name in enumerate(classes):
             assert result["per_class"][name]["n"] == int((~np.isnan(values[:, k, 0])).sum())
 
@@ -218,3 +218,8 @@ def test_summary_rejects_cases_without_a_class():
             [{"id": "x", "modality": "ct", "metrics": {"a": {"dice": 1, "assd": 0, "hd95": 0}}}],
             ["bg", "a", "b"],
         )
+
+
+def _sample_std(values: np.ndarray) -> float:
+    finite = values[~np.isnan(values)]
+    return float(np.std(finite, ddof=1)) if finite.size > 1 else float("nan")

@@ -54,7 +54,7 @@ def test_write_report_writes_parseable_files_atomically(tmp_path):
     assert loaded["classes"] == ["liver", "spleen"]
     ct = loaded["modalities"]["ct"]
     assert ct["per_class"]["liver"]["dice"] == pytest.approx(0.8)
-    assert ct["per_class"]["liver"]["dice_std"] == pytest.approx(0.1)
+    assert ct["per_class"]["liver"]["dice_std"] == pytest.approx(0.1 * 2**0.5)  # sample std
     assert ct["mean"]["dice"] == pytest.approx((0.85 + 0.7) / 2)
     assert loaded["modalities"]["mr"]["per_class"]["spleen"]["dice"] is None  # NaN -> null
     assert ct["cases"][1]["metrics"]["spleen"]["hd95"] is None
@@ -66,9 +66,9 @@ def test_write_report_writes_parseable_files_atomically(tmp_path):
     markdown = paths["results"].read_text()
     assert markdown.startswith("# Demo run\n")
     assert "## ct (2 cases)" in markdown and "## mr (1 case)" in markdown
-    assert "| liver | 0.800 ± 0.100 | 2.00 ± 1.00 | 6.00 ± 2.00 | 2 |" in markdown
+    assert "| liver | 0.800 ± 0.141 | 2.00 ± 1.41 | 6.00 ± 2.83 | 2 |" in markdown
     assert "| spleen | n/a | n/a | n/a | 0 |" in markdown
-    assert "| **Mean** | 0.775 ± 0.075 |" in markdown
+    assert "| **Mean** | 0.775 ± 0.106 |" in markdown
 
     assert paths["dice"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -83,6 +83,6 @@ def test_markdown_and_table_agree():
     console = Console(record=True, width=200)
     console.print(results_table(summary, title="T"))
     text = console.export_text()
-    for row in ("liver", "spleen", "mean", "0.800 ± 0.100", "0.600 ± 0.000", "n/a"):
+    for row in ("liver", "spleen", "mean", "0.800 ± 0.141", "0.600 ", "n/a"):
         assert row in text
-    assert "0.600 ± 0.000" in results_markdown(summary)
+    assert "| 0.600 |" in results_markdown(summary)  # one case: no spread

@@ -13,6 +13,7 @@ import yaml
 
 from tests.lightning.conftest import FAST, TINY_2D, TINY_DRN
 from ummkd.cli import main
+from ummkd.data.dataset_spec import load_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
@@ -133,6 +134,140 @@ def test_predict_round_trip_keeps_geometry(trained_run: Path, tiny_dataset: Path
     # predictions may not be written next to the inputs
     with pytest.raises(ValueError, match="holds the input"):
         main([a if not a.startswith("--output=") else f"--output={inputs}" for a in args])
+
+
+def _predict_args(run_dir: Path, root: Path, inputs: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "predict",
+        "--config",
+        str(CONFIGS / "demo.yaml"),
+        f"--data.root={root}",
+        f"--trainer.default_root_dir={run_dir}",
+        "--ckpt_path=last",
+        f"--data.predict_images={inputs}/*.nii.gz",
+        "--data.predict_modality=mr",
+        "--data.spacing=[2.5,2.5,4.0]",
+        f"--output={out}",
+        "--save_probabilities=true",
+        *FAST,
+        *TINY_2D,
+        *extra,
+    ]
+
+
+def _probabilities_in(path: Path, reference: nib.Nifti1Image) -> np.ndarray:
+    """A probability map written for a reoriented copy, put back in ``reference``'s voxel order."""
+    image = nib.load(path)
+    transform = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(image.affine),
+        nib.orientations.io_orientation(reference.affine),
+    )
+    return nib.orientations.apply_orientation(np.asarray(image.dataobj), transform)
+
+
+def test_predictions_do_not_depend_on_the_stored_voxel_order(
+    trained_run: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """The canonical orientation (data default RAS) makes LPS/PLI/oblique copies agree."""
+    rng = np.random.default_rng(1)
+    ras = np.diag([1.6, 1.8, 5.0, 1.0])
+    ras[:3, 3] = [-30.0, -40.0, 10.0]
+    original = nib.Nifti1Image((rng.random((40, 44, 9)) * 300).astype(np.int16), ras)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    nib.save(original, inputs / "ras.nii.gz")
+    for codes in ("LPS", "PLI"):
+        ornt = nib.orientations.axcodes2ornt(codes)
+        nib.save(original.as_reoriented(ornt), inputs / f"{codes.lower()}.nii.gz")
+    angle = np.deg2rad(10.0)
+    rotation = np.eye(4)
+    rotation[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    nib.save(nib.Nifti1Image(original.dataobj, rotation @ ras), inputs / "oblique.nii.gz")
+
+    out = tmp_path / "canonical"
+    main(_predict_args(trained_run, tiny_dataset, inputs, out))
+    reference = np.asarray(nib.load(out / "ras_probs.nii.gz").dataobj)
+    labels = reference.argmax(-1)
+    for name in ("lps", "pli", "oblique"):
+        probs = _probabilities_in(out / f"{name}_probs.nii.gz", original)
+        assert probs.shape == reference.shape
+        np.testing.assert_allclose(probs, reference, atol=1e-5, err_msg=name)
+        written = nib.load(out / f"{name}.nii.gz")
+        assert written.shape == nib.load(inputs / f"{name}.nii.gz").shape
+        assert np.mean(probs.argmax(-1) == labels) >= 0.99
+    # Control: without the canonical orientation the network sees another voxel order.
+    stored = tmp_path / "as_stored"
+    main(_predict_args(trained_run, tiny_dataset, inputs, stored, "--data.orientation=null"))
+    differs = _probabilities_in(stored / "pli_probs.nii.gz", original)
+    assert np.abs(differs - np.asarray(nib.load(stored / "ras_probs.nii.gz").dataobj)).max() > 1e-3
+
+
+def test_test_scores_equal_predict_plus_evaluate_on_the_stored_grid(
+    trained_run: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """`ummkd test` on a resampled, anisotropic setting = predict + evaluate, per case."""
+    resampled = ["--data.spacing=[2.5,2.0,4.0]"]
+    main(
+        [
+            "test",
+            "--config",
+            str(CONFIGS / "demo.yaml"),
+            f"--data.root={tiny_dataset}",
+            f"--trainer.default_root_dir={trained_run}",
+            "--ckpt_path=last",
+            *FAST,
+            *TINY_2D,
+            *resampled,
+        ]
+    )
+    summaries = sorted(trained_run.rglob("summary.json"), key=lambda p: p.stat().st_mtime)
+    tested = json.loads(summaries[-1].read_text())
+    assert tested["grid"] == "native"
+    (case,) = tested["modalities"]["mr"]["cases"]  # labels stored with the shared ids
+    (mr_test,) = load_dataset(tiny_dataset).cases_for("mr", "test")
+    assert case["id"] == mr_test.id
+    inputs, refs, preds = tmp_path / "in", tmp_path / "ref", tmp_path / "pred"
+    inputs.mkdir()
+    refs.mkdir()
+    (inputs / "case.nii.gz").write_bytes(mr_test.image.read_bytes())
+    (refs / "case.nii.gz").write_bytes(mr_test.label.read_bytes())
+    main(
+        [
+            *_predict_args(trained_run, tiny_dataset, inputs, preds)[:-4],
+            *resampled,
+            "--save_probabilities=false",
+            *FAST,
+            *TINY_2D,
+        ]
+    )
+    from ummkd.evaluation.commands import main as evaluate
+
+    assert (
+        evaluate(
+            [
+                "--pred",
+                str(preds),
+                "--ref",
+                str(refs),
+                "--out",
+                str(tmp_path / "e"),
+                "--labels",
+                str(tiny_dataset / "dataset.json"),
+                "--modality",
+                "mr",
+            ]
+        )
+        == 0
+    )
+    evaluated = json.loads((tmp_path / "e" / "summary.json").read_text())
+    (other,) = evaluated["modalities"]["mr"]["cases"]
+    for name, values in case["metrics"].items():
+        for metric, value in values.items():
+            theirs = other["metrics"][name][metric]
+            if value is None:
+                assert theirs is None, (name, metric)
+            else:
+                assert theirs == pytest.approx(value, abs=1e-9), (name, metric)
 
 
 def test_fit_resumes_from_last(trained_run: Path, tiny_dataset: Path) -> None:

@@ -263,7 +263,7 @@ def test_evaluation_summary_drops_cases_repeated_by_sampler_padding() -> None:
     module = _module()
     unique = [_case("ct_a", "ct", 0.9), _case("ct_b", "ct", 0.5), _case("mr_a", "mr", 0.6)]
     module._eval_cases = [*unique, _case("ct_a", "ct", 0.9), _case("mr_a", "mr", 0.6)]
-    summary = module._gather_summary()
+    summary = module._gather_summary(grid="preprocessed")
     assert summary["modalities"]["ct"]["n_cases"] == 2
     assert summary["modalities"]["mr"]["n_cases"] == 1
     assert summary["modalities"]["ct"]["mean"]["dice"] == pytest.approx(0.7)
@@ -271,7 +271,7 @@ def test_evaluation_summary_drops_cases_repeated_by_sampler_padding() -> None:
     assert module._eval_cases == []  # reset for the next epoch
     # the same id in two modalities is two cases
     module._eval_cases = [_case("case_0", "ct", 0.8), _case("case_0", "mr", 0.4)]
-    summary = module._gather_summary()
+    summary = module._gather_summary(grid="preprocessed")
     assert summary["modalities"]["ct"]["n_cases"] == summary["modalities"]["mr"]["n_cases"] == 1
 
 

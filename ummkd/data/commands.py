@@ -4,7 +4,8 @@
 code (it never calls ``sys.exit``):
 
 * ``ummkd data check ROOT [--format F] [--modality M] [--dim 2|3] [--shallow]`` prints the
-  per-modality summary and one line per problem; exit code 1 when there are problems.
+  per-modality summary, one line per problem and one warning per CT image that does not look
+  like Hounsfield units; exit code 1 when there are problems.
 * ``ummkd data synth --out DIR [--n-ct N --n-mr N --size X Y Z --seed S --dim D --overwrite]``
   writes the synthetic phantom dataset.
 * ``ummkd data import KIND ...`` runs an importer of :data:`ummkd.data.importers.IMPORTERS`,
@@ -21,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+import nibabel as nib
+import numpy as np
 from rich.console import Console
 
 from ummkd.data.dataset_spec import (
@@ -32,6 +35,7 @@ from ummkd.data.dataset_spec import (
     summarize_dataset,
     validate_dataset,
 )
+from ummkd.data.intensity import ct_units_warnings
 from ummkd.data.synthetic import make_synthetic_dataset
 
 __all__ = ["Importer", "build_parser", "main"]
@@ -67,10 +71,18 @@ def _error(message: str) -> int:
     return 1
 
 
-def _report(spec: DatasetSpec, problems: Sequence[Problem], *, deep: bool = True) -> int:
-    """Print the summary table and the problems; return the exit code."""
+def _report(
+    spec: DatasetSpec,
+    problems: Sequence[Problem],
+    *,
+    deep: bool = True,
+    warnings: Sequence[str] = (),
+) -> int:
+    """Print the summary table, the warnings and the problems; return the exit code."""
     console = _console()
     console.print(summarize_dataset(spec, deep=deep))
+    for warning in warnings:
+        _print_line(console, f"warning: {warning}")
     for problem in problems:
         _print_line(console, str(problem))
     if problems:
@@ -87,7 +99,25 @@ def _check(args: argparse.Namespace) -> int:
         return _error(str(err))
     deep = not args.shallow
     problems = validate_dataset(spec, deep=deep, expected_dim=args.dim)
-    return _report(spec, problems, deep=deep)
+    warnings = ct_unit_warnings(spec) if deep else []
+    return _report(spec, problems, deep=deep, warnings=warnings)
+
+
+def ct_unit_warnings(spec: DatasetSpec) -> list[str]:
+    """One line per image of a ``ct``-normalized modality that does not look like HU."""
+    warnings = []
+    for case in spec.cases:
+        if spec.modalities[case.modality].normalization != "ct" or not case.image.is_file():
+            continue
+        try:
+            image = np.asarray(nib.load(case.image).dataobj, dtype=np.float32)
+        except Exception:  # unreadable files are reported by validate_dataset
+            continue
+        warnings += [
+            f"{case.image}: modality {case.modality!r} is CT but {reason}"
+            for reason in ct_units_warnings(image)
+        ]
+    return warnings
 
 
 def _synth(args: argparse.Namespace) -> int:

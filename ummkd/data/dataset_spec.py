@@ -61,6 +61,7 @@ __all__ = [
     "Splits",
     "check_dataset",
     "load_dataset",
+    "read_splits",
     "remap_labels",
     "summarize_dataset",
     "validate_dataset",
@@ -80,6 +81,7 @@ _TOP_KEYS = ("name", "description", "dim", "labels", "modalities", "cases", "spl
 _MODALITY_KEYS = ("normalization", "window", "label_map")
 _CASE_KEYS = ("id", "modality", "image", "label")
 _SPLITS_KEYS = ("folds", "test", "description")
+_FOLD_KEYS = {"train", "val", "test"}
 _READ_ERRORS = (ImageFileError, OSError, EOFError, ValueError, zlib.error)
 _MR_CHANNEL_NAMES = ("mr", "mri", "t1", "t1w", "t2", "t2w", "flair", "adc", "dwi")
 _AFFINE_RTOL = 1e-3
@@ -165,10 +167,13 @@ class Fold:
     Attributes:
         train: Case ids used for training.
         val: Case ids used for validation.
+        test: This fold's own test case ids (cross-validation); ``None`` uses the splits' common
+            ``test``.
     """
 
     train: tuple[str, ...]
     val: tuple[str, ...]
+    test: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -187,10 +192,18 @@ class Splits:
 
     def to_json_dict(self) -> dict[str, Any]:
         """Return the ``splits.json`` content."""
-        return {
-            "folds": [{"train": list(f.train), "val": list(f.val)} for f in self.folds],
-            "test": list(self.test),
-        }
+        folds = []
+        for fold in self.folds:
+            entry = {"train": list(fold.train), "val": list(fold.val)}
+            if fold.test is not None:
+                entry["test"] = list(fold.test)
+            folds.append(entry)
+        return {"folds": folds, "test": list(self.test)}
+
+    def test_of(self, fold: int) -> tuple[str, ...]:
+        """The test case ids of ``fold`` (its own, else the common ones)."""
+        own = self.folds[fold].test if 0 <= fold < len(self.folds) else None
+        return self.test if own is None else own
 
 
 @dataclass(frozen=True)
@@ -267,7 +280,7 @@ class DatasetSpec:
                 f'add "splits": "{SPLITS_JSON}" to dataset.json and write {SPLITS_JSON} as '
                 '{"folds": [{"train": [...], "val": [...]}], "test": [...]}'
             )
-        if split == "test":
+        if split == "test" and not self.splits.folds:
             wanted = set(self.splits.test)
         else:
             if not 0 <= fold < len(self.splits.folds):
@@ -276,7 +289,10 @@ class DatasetSpec:
                     f"have {len(self.splits.folds)} fold(s)"
                 )
             chosen = self.splits.folds[fold]
-            wanted = set(chosen.train if split == "train" else chosen.val)
+            if split == "test":
+                wanted = set(self.splits.test_of(fold))
+            else:
+                wanted = set(chosen.train if split == "train" else chosen.val)
         return [c for c in cases if c.id in wanted]
 
     def select_modality(self, modality: str) -> DatasetSpec:
@@ -305,7 +321,12 @@ class DatasetSpec:
             splits = replace(
                 splits,
                 folds=tuple(
-                    Fold(_without(f.train, other), _without(f.val, other)) for f in splits.folds
+                    Fold(
+                        _without(f.train, other),
+                        _without(f.val, other),
+                        None if f.test is None else _without(f.test, other),
+                    )
+                    for f in splits.folds
                 ),
                 test=_without(splits.test, other),
             )
@@ -495,6 +516,17 @@ def _parse_ids(raw: Any, where: str) -> tuple[str, ...]:
     return tuple(raw)
 
 
+def read_splits(path: Path) -> Splits:
+    """Read a splits file (``{"folds": [...], "test": [...]}`` or nnU-Net's fold list).
+
+    Raises:
+        DatasetSpecError: If the file is missing, not JSON or malformed.
+    """
+    if not path.is_file():
+        raise DatasetSpecError(f"{path}: the splits file does not exist")
+    return _parse_splits(_read_json(path), path, path)
+
+
 def _parse_splits(raw: Any, source: Path, splits_file: Path | None) -> Splits:
     """Parse ``{"folds": [...], "test": [...]}`` or nnU-Net's list of ``{"train", "val"}``."""
     if isinstance(raw, list):
@@ -516,14 +548,16 @@ def _parse_splits(raw: Any, source: Path, splits_file: Path | None) -> Splits:
         raise DatasetSpecError(f"{source}: 'folds' must be a list")
     folds = []
     for k, fold in enumerate(folds_raw):
-        if not isinstance(fold, Mapping) or set(fold) != {"train", "val"}:
+        if not isinstance(fold, Mapping) or set(fold) not in ({"train", "val"}, _FOLD_KEYS):
             raise DatasetSpecError(
-                f"{source}: folds[{k}] must be an object with exactly 'train' and 'val' lists"
+                f"{source}: folds[{k}] must be an object with 'train' and 'val' lists (and "
+                "optionally the fold's own 'test' list)"
             )
         folds.append(
             Fold(
                 _parse_ids(fold["train"], f"{source}: folds[{k}].train"),
                 _parse_ids(fold["val"], f"{source}: folds[{k}].val"),
+                _parse_ids(fold["test"], f"{source}: folds[{k}].test") if "test" in fold else None,
             )
         )
     return Splits(tuple(folds), _parse_ids(test_raw, f"{source}: 'test'"), splits_file)
@@ -562,7 +596,7 @@ def _parse_ummkd(data: Any, root: Path, source: Path) -> DatasetSpec:
                 f"{source}: the splits file {splits_file} does not exist; write it or remove "
                 "'splits' from dataset.json"
             )
-        splits = _parse_splits(_read_json(splits_file), splits_file, splits_file)
+        splits = read_splits(splits_file)
     elif raw_splits is not None:
         splits = _parse_splits(raw_splits, source, None)
     name = data.get("name", root.name)
@@ -1048,11 +1082,15 @@ def _check_splits(spec: DatasetSpec, source: Path) -> list[Problem]:
 
     check_ids(splits.test, "test", need_labels=False)
     for k, fold in enumerate(splits.folds):
+        test = splits.test_of(k)
+        test_name = "test" if fold.test is None else f"folds[{k}].test"
+        if fold.test is not None:
+            check_ids(fold.test, test_name, need_labels=False)
         check_ids(fold.train, f"folds[{k}].train", need_labels=True)
         check_ids(fold.val, f"folds[{k}].val", need_labels=True)
         check_overlap(fold.train, fold.val, f"folds[{k}].train", f"folds[{k}].val")
-        check_overlap(fold.train, splits.test, f"folds[{k}].train", "test")
-        check_overlap(fold.val, splits.test, f"folds[{k}].val", "test")
+        check_overlap(fold.train, test, f"folds[{k}].train", test_name)
+        check_overlap(fold.val, test, f"folds[{k}].val", test_name)
     return problems
 
 

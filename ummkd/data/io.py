@@ -100,15 +100,24 @@ def write_json(data: Any, path: str | os.PathLike[str]) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
-def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike[str]) -> None:
+def save_nifti(
+    array: np.ndarray,
+    affine: np.ndarray,
+    path: str | os.PathLike[str],
+    *,
+    scaling: tuple[float, float] | None = None,
+) -> None:
     """Write a NIfTI-1 file atomically.
 
     Both qform and sform are set to ``affine`` (code 1, scanner coordinates) so that nibabel,
     SimpleITK/ITK and MONAI all read the same geometry; units are millimetres. The file is
-    gzip-compressed when ``path`` ends in ``.nii.gz``.
+    gzip-compressed when ``path`` ends in ``.nii.gz``. ``scaling`` = ``(slope, intercept)`` is
+    written as ``scl_slope``/``scl_inter`` (the stored array is kept as it is).
     """
     path = Path(path)
     image = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
+    if scaling is not None:
+        image.header.set_slope_inter(*scaling)
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
     image.header.set_xyzt_units("mm")

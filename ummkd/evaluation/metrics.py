@@ -153,7 +153,8 @@ def summarize_cases(cases: Sequence[Mapping[str, Any]], class_names: ClassNames)
     * ``n_cases`` and ``cases``: the input cases (``id``, ``metrics``) with their class mean.
 
     All statistics ignore ``NaN`` (not applicable) values; a statistic with no value is ``NaN``.
-    Standard deviations are population standard deviations (``ddof=0``, as ``numpy.nanstd``).
+    Standard deviations are sample standard deviations (``ddof=1``; NaN for fewer than two
+    values), the one convention of every ummkd report.
 
     Args:
         cases: per-case results ``{"id": str, "modality": str, "metrics": {class_name:
@@ -273,6 +274,6 @@ def _nan_mean(values: np.ndarray) -> float:
 
 
 def _nan_std(values: np.ndarray) -> float:
-    """Population standard deviation of the non-NaN values, NaN when there is none."""
+    """Sample standard deviation (``ddof=1``) of the non-NaN values, NaN for fewer than two."""
     finite = values[~np.isnan(values)]
-    return float(finite.std()) if finite.size else math.nan
+    return float(finite.std(ddof=1)) if finite.size > 1 else math.nan

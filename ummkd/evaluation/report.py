@@ -195,6 +195,8 @@ def _mean_std(mean: float | None, std: float | None, metric: str) -> str:
     if math.isnan(mean):
         return "n/a"
     decimals = _DECIMALS[metric]
+    if math.isnan(std):  # one case: no spread
+        return f"{mean:.{decimals}f}"
     return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 

@@ -9,10 +9,8 @@ from typing import Any
 import lightning.pytorch as pl
 import nibabel as nib
 import numpy as np
-import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.utilities import rank_zero_only
-from monai.data import MetaTensor
 from rich.console import Console
 
 from ummkd.data.io import save_nifti
@@ -76,7 +74,10 @@ class NiftiPredictionWriter(BasePredictionWriter):
         """Invert the preprocessing and write the label map of one image."""
         source = Path(prediction["path"])
         reference = nib.load(source)
-        probs = invert_to_input_space(prediction["probs"], prediction["image"], trainer.datamodule)
+        datamodule = trainer.datamodule
+        probs = datamodule.to_input_space(
+            prediction["probs"], prediction["image"], datamodule.predict_modality
+        )
         if tuple(probs.shape[1:]) != tuple(reference.shape[:3]):
             raise RuntimeError(
                 f"{source}: inverted prediction has shape {tuple(probs.shape[1:])}, input has "
@@ -90,16 +91,6 @@ class NiftiPredictionWriter(BasePredictionWriter):
             stem = source.name.removesuffix(".gz").removesuffix(".nii")
             prob_array = probs.permute(1, 2, 3, 0).cpu().numpy().astype(np.float32)
             save_nifti(prob_array, reference.affine, self.output_dir / f"{stem}_probs.nii.gz")
-
-
-def invert_to_input_space(probs: torch.Tensor, image: MetaTensor, datamodule: Any) -> torch.Tensor:
-    """Map probabilities from the preprocessed grid back to the input image grid."""
-    if not isinstance(image, MetaTensor) or not image.applied_operations:
-        return probs
-    tracked = MetaTensor(probs.detach().cpu(), meta=dict(image.meta))
-    tracked.applied_operations = list(image.applied_operations)
-    inverted = datamodule.predict_transform().inverse({"image": tracked})["image"]
-    return torch.as_tensor(inverted)
 
 
 def _figure_overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, title: str) -> Any:

@@ -20,11 +20,18 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
-from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
+from monai.data import CacheDataset, DataLoader, Dataset, MetaTensor, PersistentDataset
 from monai.transforms import Compose, apply_transform
 from torch.utils.data import DistributedSampler
 
-from ummkd.data.dataset_spec import Case, DatasetSpec, check_dataset, load_dataset
+from ummkd.data.dataset_spec import (
+    Case,
+    DatasetSpec,
+    check_dataset,
+    load_dataset,
+    read_splits,
+    remap_labels,
+)
 from ummkd.data.synthetic import make_synthetic_dataset
 from ummkd.data.transforms import (
     AugmentationConfig,
@@ -33,6 +40,7 @@ from ummkd.data.transforms import (
     prediction_transforms,
     random_transforms,
 )
+from ummkd.evaluation.commands import load_label_map
 
 
 @dataclass
@@ -172,8 +180,12 @@ class UnpairedDataModule(pl.LightningDataModule):
     modality and per device: one optimizer step sees ``batch_size x world_size x len(modalities)``
     samples (logged at ``setup("fit")``). Validation and test loaders yield whole
     preprocessed volumes (batch size 1), one loader per modality, tagged with ``"modality"`` and
-    ``"id"``; the image carries its affine for surface metrics. ``predict_dataloader`` yields
-    unlabeled images of ``predict_modality``.
+    ``"id"``; the image carries its affine for surface metrics. Validation volumes are
+    preprocessed like training volumes (cropped to the body); test volumes go through the
+    prediction preprocessing (:meth:`inference_transform`), so that the test predictions can be
+    mapped back to each case's stored grid (:meth:`to_input_space`) and scored against the label
+    file as stored (:meth:`stored_label`). ``predict_dataloader`` yields unlabeled images of
+    ``predict_modality``.
 
     Args:
         root: Dataset root holding ``dataset.json`` (or an nnU-Net / Decathlon dataset, see
@@ -185,8 +197,13 @@ class UnpairedDataModule(pl.LightningDataModule):
         num_adjacent: 2D only: adjacent slices stacked as input channels (3 in the paper).
         batch_size: Samples per modality, per device, per step (the paper: 8 + 8 in 2D).
         steps_per_epoch: Optimizer steps that make one epoch.
-        fold: Fold of ``splits.json`` to train/validate on.
-        orientation: Reorient to these axis codes (e.g. ``"RAS"``); ``None`` keeps arrays as stored.
+        fold: Fold of the splits file to train/validate on.
+        splits: Splits file to use instead of the one ``dataset.json`` names (a path relative to
+            ``root``, or absolute), e.g. the cross-validation folds written by ``ummkd reproduce``.
+        orientation: Canonical orientation every image is reoriented to before anything else
+            (axis codes, default ``"RAS"``; truncated to the dataset's dimensions). Predictions
+            are mapped back to each input's own orientation. ``None`` keeps arrays as stored
+            (then the network sees a mirrored body for a scan stored in another voxel order).
         spacing: Resample to this spacing (mm); ``None`` keeps the native spacing.
         foreground_prob: Probability of sampling a slice/patch that contains foreground.
         augmentation: Random augmentation of every modality (``None`` disables it).
@@ -221,7 +238,8 @@ class UnpairedDataModule(pl.LightningDataModule):
         batch_size: int = 8,
         steps_per_epoch: int = 100,
         fold: int = 0,
-        orientation: str | None = None,
+        splits: str | None = None,
+        orientation: str | None = "RAS",
         spacing: list[float] | None = None,
         foreground_prob: float = 0.67,
         augmentation: AugmentationConfig | None = None,
@@ -260,6 +278,12 @@ class UnpairedDataModule(pl.LightningDataModule):
         if synthetic is not None and not (self.root / "dataset.json").is_file():
             _synthesize_atomically(self.root, synthetic)
         self.spec: DatasetSpec = load_dataset(self.root)
+        self.splits = splits
+        if splits is not None:
+            splits_path = Path(splits) if Path(splits).is_absolute() else self.root / splits
+            self.spec = dataclasses.replace(self.spec, splits=read_splits(splits_path))
+        if self.orientation is not None:
+            self.orientation = self.orientation[: self.spec.dim]
         available = self.spec.modality_names
         self.modalities = list(modalities) if modalities else list(available)
         unknown = [m for m in self.modalities if m not in available]
@@ -282,7 +306,7 @@ class UnpairedDataModule(pl.LightningDataModule):
         self._preprocessing: dict[str, ModalityPreprocessing] = {}
         self._datasets: dict[str, dict[str, Any]] = {"train": {}, "val": {}, "test": {}}
         self._predict_dataset: Dataset | None = None
-        self._predict_transform: Compose | None = None
+        self._inference_transforms: dict[str, Compose] = {}
         self._checked = False
 
     # ------------------------------------------------------------------ properties (linked)
@@ -444,6 +468,8 @@ class UnpairedDataModule(pl.LightningDataModule):
         return _TrainingSamples(cached, length, sampler, seed=seed, stream=stream)
 
     def _eval_dataset(self, modality: str, split: str) -> Dataset:
+        if split == "test":  # scored on the stored grid: the invertible inference preprocessing
+            return Dataset(self._records(modality, split), self.inference_transform(modality))
         return self._cached(
             self._records(modality, split), self._deterministic(modality), modality, split
         )
@@ -461,18 +487,48 @@ class UnpairedDataModule(pl.LightningDataModule):
         return Dataset(records, self.predict_transform())
 
     def predict_transform(self) -> Compose:
-        """The invertible preprocessing applied to prediction inputs.
+        """The invertible preprocessing applied to prediction inputs (``predict_modality``)."""
+        return self.inference_transform(self.predict_modality or self.modalities[0])
 
-        Built once, so that :meth:`monai.transforms.Compose.inverse` recognises the transform
-        instances it applied.
+    def inference_transform(self, modality: str) -> Compose:
+        """The invertible preprocessing of whole images of ``modality`` (predict and test).
+
+        Built once per modality, so that :meth:`monai.transforms.Compose.inverse` recognises the
+        transform instances it applied.
         """
-        if self._predict_transform is None:
-            self._predict_transform = prediction_transforms(
-                self.preprocessing(self.predict_modality or self.modalities[0]),
-                orientation=self.orientation,
-                spacing=self.spacing,
+        if modality not in self._inference_transforms:
+            self._inference_transforms[modality] = prediction_transforms(
+                self.preprocessing(modality), orientation=self.orientation, spacing=self.spacing
             )
-        return self._predict_transform
+        return self._inference_transforms[modality]
+
+    def to_input_space(self, probs: torch.Tensor, image: Any, modality: str) -> torch.Tensor:
+        """Map probabilities ``(C, *spatial)`` of a preprocessed image back to its stored grid.
+
+        Args:
+            probs: Class probabilities on the preprocessed grid.
+            image: The preprocessed image (a ``MetaTensor`` carrying its applied transforms).
+            modality: The image's modality (selects the transform instance to invert).
+
+        Returns:
+            Probabilities on the grid of the file the image was read from.
+        """
+        if not isinstance(image, MetaTensor) or not image.applied_operations:
+            return probs
+        tracked = MetaTensor(probs.detach().cpu(), meta=dict(image.meta))
+        tracked.applied_operations = list(image.applied_operations)
+        inverted = self.inference_transform(modality).inverse({"image": tracked})["image"]
+        return torch.as_tensor(inverted)
+
+    def stored_label(self, path: str | Path, modality: str) -> tuple[np.ndarray, tuple[float, ...]]:
+        """A label file as stored, in the shared label space, with its voxel spacing (mm).
+
+        Raises:
+            EvaluationError: if the file is not a readable 2D/3D integer label map.
+        """
+        labels, _, spacing = load_label_map(Path(path))
+        label_map = self.preprocessing(modality).label_map
+        return remap_labels(labels, label_map, self.num_classes), spacing
 
     # ------------------------------------------------------------------ loaders
     def train_dataloader(self) -> CombinedLoader:

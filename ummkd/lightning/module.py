@@ -388,10 +388,22 @@ class UMMKDModule(pl.LightningModule):
         return result
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0):
-        """Segment one whole test volume and record its per-class metrics."""
-        return self.validation_step(batch, batch_idx, dataloader_idx)
+        """Segment one test image and score it on the grid of its label file as stored.
 
-    def _gather_summary(self) -> dict[str, Any]:
+        The probabilities are mapped back through the inverse of the preprocessing (orientation,
+        resampling) exactly as ``ummkd predict`` writes them, so the per-case values equal those
+        of ``ummkd predict`` + ``ummkd evaluate``.
+        """
+        modality = batch["modality"][0]
+        datamodule = self.trainer.datamodule
+        image = batch["image"][0]
+        probs = datamodule.to_input_space(self.predict_volume(image, modality), image, modality)
+        label, spacing = datamodule.stored_label(batch["label"][0], modality)
+        pred = probs.argmax(0).cpu().numpy().reshape(label.shape)
+        metrics = case_metrics(pred, label, spacing, self.class_names)
+        self._eval_cases.append({"id": batch["id"][0], "modality": modality, "metrics": metrics})
+
+    def _gather_summary(self, grid: str) -> dict[str, Any]:
         cases = self._eval_cases
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             gathered: list[list[dict[str, Any]]] = [[] for _ in range(dist.get_world_size())]
@@ -403,7 +415,7 @@ class UMMKDModule(pl.LightningModule):
             unique.values(), key=lambda c: (self.modalities.index(c["modality"]), c["id"])
         )
         self._eval_cases = []
-        return summarize_cases(ordered, self.class_names)
+        return {**summarize_cases(ordered, self.class_names), "grid": grid}
 
     def _log_summary(self, summary: Mapping[str, Any], prefix: str) -> float | None:
         dice_means = []
@@ -423,7 +435,7 @@ class UMMKDModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         """Aggregate per-case metrics over ranks and log per-modality means and the best Dice."""
-        summary = self._gather_summary()
+        summary = self._gather_summary(grid="preprocessed")
         dice = self._log_summary(summary, "val")
         if dice is None:
             return
@@ -435,7 +447,7 @@ class UMMKDModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         """Aggregate per-case test metrics and keep the summary for the report writer."""
-        summary = self._gather_summary()
+        summary = self._gather_summary(grid="native")
         self._log_summary(summary, "test")
         self.last_test_summary = summary
 

@@ -11,10 +11,15 @@ Output: case ids ``ct_<i>`` / ``mr_<id>``; the source split is kept exactly (one
 Labels: CT (BTCV classmap) liver 6 -> 1, right kidney 2 -> 2, left kidney 3 -> 3, spleen 1 -> 4,
 the other organs -> background; MR labels are already 0..4 (any other value is an error).
 
-Intensities: the CT volumes are 8-bit (0..255) renderings of an undocumented HU window, not HU.
-They are described as ``{"normalization": "ct", "window": [0, 255]}``: a fixed linear map that is
-the same for every case, i.e. the windowing was already done upstream and only the rescale is left
-(a per-volume z-score would instead vary with each case's field of view). MR: ``"mr"``.
+Intensities: the CT volumes are 8-bit (0..255) renderings of an undocumented HU window. The
+importer writes them in Hounsfield units: the 8-bit values are kept and the NIfTI header's
+``scl_slope``/``scl_inter`` map them to HU (``HU = v * 400 / 255 - 125``, the window
+:data:`ALPNET_CT_WINDOW_HU` = -125..275 HU), so every reader (nibabel, MONAI, SimpleITK) returns
+HU and a model trained on them takes HU. The map was estimated from tissue peaks (fat, liver,
+spleen, kidneys; ``benchmarks/ct_hu_estimate.py``, docs/data.md) and every import checks it: the
+pooled tissue medians in HU must fall in :data:`ummkd.data.intensity.PLAUSIBLE_HU`. The CT window
+in ``dataset.json`` is the same -125..275 HU, so the normalized network input equals that of the
+8-bit values with window 0..255. MR: ``"mr"``.
 
 Orientation fix. The voxel arrays of both modalities agree anatomically (axis 0 runs from the
 patient's right to left, axis 1 from posterior to anterior, axis 2 from inferior to superior), and
@@ -52,10 +57,15 @@ from ummkd.data.importers.common import (
     read_volume,
     remap_labels,
 )
+from ummkd.data.intensity import TissuePeaks, implausible_tissues, tissue_peaks
 
 CT_TO_SHARED: dict[int, int] = {6: 1, 2: 2, 3: 3, 1: 4}
 MR_TO_SHARED: dict[int, int] = {0: 0, 1: 1, 2: 2, 3: 3, 4: 4}
 FOLDERS: dict[str, str] = {"ct": "ct_btcv", "mr": "mr_chaos_t2"}
+CT_ORGANS: dict[str, int] = {"liver": 6, "spleen": 1, "kidney_right": 2, "kidney_left": 3}
+"""Organs of the source CT labels (BTCV classmap) whose medians check the HU map."""
+ALPNET_CT_WINDOW_HU: tuple[float, float] = (-125.0, 275.0)
+"""The HU window that 8-bit value 0 and 255 stand for (estimated; see the module docstring)."""
 _FILE = re.compile(r"^(?P<kind>image|label)_(?P<number>\d+)\.nii\.gz$")
 
 
@@ -74,6 +84,34 @@ def flip_anterior_posterior(affine: np.ndarray, shape: tuple[int, ...]) -> np.nd
     mirror[axis, axis] = -1.0
     mirror[axis, 3] = shape[axis] - 1
     return affine @ mirror
+
+
+def hu_scaling(window: tuple[float, float] = ALPNET_CT_WINDOW_HU) -> tuple[float, float]:
+    """``(slope, intercept)`` mapping 8-bit values 0..255 linearly onto ``window`` (HU)."""
+    low, high = window
+    return (high - low) / 255.0, low
+
+
+def check_hu_map(peaks: list[TissuePeaks], source: Path) -> None:
+    """Refuse an import whose pooled tissue medians (in HU) are implausible.
+
+    Raises:
+        DatasetImportError: naming the tissues outside their expected range.
+    """
+    pooled = TissuePeaks(
+        fat=float(np.median([p.fat for p in peaks])),
+        organs={
+            name: float(np.median([p.organs[name] for p in peaks if name in p.organs]))
+            for name in CT_ORGANS
+            if any(name in p.organs for p in peaks)
+        },
+    )
+    problems = implausible_tissues(pooled)
+    if problems:
+        raise DatasetImportError(
+            f"{source}: the CT values mapped to HU give implausible tissue medians: "
+            f"{'; '.join(problems)}; this copy may not be the 8-bit SSL-ALPNet release"
+        )
 
 
 def organ_centroids(label: np.ndarray, affine: np.ndarray) -> dict[int, np.ndarray]:
@@ -182,6 +220,8 @@ def import_alpnet(
         raise DatasetImportError(f"--limit must be at least 1, got {limit}")
     selected = {m: sorted(numbers)[:limit] for m, numbers in files.items()}
     splits = []
+    slope, intercept = hu_scaling()
+    ct_peaks: list[TissuePeaks] = []
     with DatasetBuilder(out, overwrite=overwrite, inputs=[src]) as builder:
         for modality, numbers in selected.items():
             for number in numbers:
@@ -196,7 +236,15 @@ def import_alpnet(
                     image_path=pair["image"],
                     label_path=pair["label"],
                 )
+                scaling = None
                 if modality == "ct":
+                    if image.dtype != np.uint8:
+                        raise DatasetImportError(
+                            f"{pair['image']}: expected the release's 8-bit CT (uint8), got "
+                            f"{image.dtype}"
+                        )
+                    scaling = (slope, intercept)
+                    ct_peaks.append(tissue_peaks(image * slope + intercept, label, CT_ORGANS))
                     label = remap_labels(label, CT_TO_SHARED, path=pair["label"])
                     if fix_ct_orientation:
                         affine = flip_anterior_posterior(affine, image.shape)
@@ -216,7 +264,11 @@ def import_alpnet(
                         f"{pair['label']}: anatomy inconsistent in world coordinates after "
                         f"import: {'; '.join(problems)}{hint}"
                     )
-                builder.add_case(f"{modality}_{number}", modality, image, label, affine)
+                builder.add_case(
+                    f"{modality}_{number}", modality, image, label, affine, scaling=scaling
+                )
+            if modality == "ct" and ct_peaks:
+                check_hu_map(ct_peaks, src / FOLDERS["ct"])
             kept = {f"{modality}_{n}" for n in numbers}
             subsets = source_split[modality]
             splits.append(
@@ -241,15 +293,18 @@ def import_alpnet(
                 f"from {src.name or src}. Research use only: BTCV is registration-gated, CHAOS is "
                 "CC BY-NC-SA 4.0; do not redistribute. CT labels 6->1 liver, 2->2 right kidney, "
                 "3->3 left kidney, 1->4 spleen, others -> background; MR labels kept (0..4). CT "
-                "intensities are 8-bit window values (0..255, not HU): normalization ct with "
-                f"window [0, 255]. {fix_note}; verified with label centroids (liver right of "
+                "in Hounsfield units: the source's 8-bit values are stored with NIfTI scaling "
+                f"HU = v * {slope:.6f} {intercept:+.0f} (window {ALPNET_CT_WINDOW_HU[0]:.0f}.."
+                f"{ALPNET_CT_WINDOW_HU[1]:.0f} HU, estimated from tissue peaks, see docs/data.md)"
+                f"; normalization ct with that window. {fix_note}; verified with label "
+                "centroids (liver right of "
                 "spleen, kidneys posterior to the liver) for every case. Split: the source's "
                 f"fixed splits.json (test follows the SIFA split).{limit_note}"
             ),
             dim=3,
             labels=ABDOMINAL_LABELS,
             modalities={
-                "ct": {"normalization": "ct", "window": [0, 255]},
+                "ct": {"normalization": "ct", "window": list(ALPNET_CT_WINDOW_HU)},
                 "mr": {"normalization": "mr"},
             },
             splits=splits,

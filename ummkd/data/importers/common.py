@@ -480,6 +480,8 @@ class DatasetBuilder:
         image: np.ndarray,
         label: np.ndarray,
         affine: np.ndarray,
+        *,
+        scaling: tuple[float, float] | None = None,
     ) -> None:
         """Write one image/label pair (same grid, same affine) into the dataset being built.
 
@@ -489,6 +491,8 @@ class DatasetBuilder:
             image: Image array; stored as uint8, int16 or float32 (:func:`as_image_dtype`).
             label: uint8 label array with the shared ids, same shape as ``image``.
             affine: 4x4 voxel-to-RAS affine written into both files.
+            scaling: ``(slope, intercept)`` written into the image header (``scl_slope``,
+                ``scl_inter``): readers return ``slope * stored + intercept``.
         """
         if self._tmp is None:
             raise RuntimeError("DatasetBuilder.add_case used outside its `with` block")
@@ -517,7 +521,7 @@ class DatasetBuilder:
             "image": f"{modality}/{case_id}_image.nii.gz",
             "label": f"{modality}/{case_id}_label.nii.gz",
         }
-        save_nifti(as_image_dtype(image), affine, self._tmp / record["image"])
+        save_nifti(as_image_dtype(image), affine, self._tmp / record["image"], scaling=scaling)
         save_nifti(label, affine, self._tmp / record["label"])
         self._cases.append(record)
         logger.info("wrote %s (%s, shape %s)", case_id, modality, image.shape)

@@ -1,0 +1,131 @@
+"""Compare methods over pooled per-case test results (cross-validation): tables and paired CIs.
+
+Input: per method, the test summaries of its runs (one per fold, as ``ummkd test`` writes them).
+Every case is pooled with its per-case values; a method is then compared with each other one on
+the cases both scored, per modality, with :func:`ummkd.evaluation.statistics.paired_difference`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ummkd.evaluation.statistics import ci_excludes_zero, paired_difference, sample_mean_std
+
+METRICS = ("dice", "assd", "hd95")
+
+
+def pool_cases(summaries: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Pool the per-case results of several test summaries (e.g. the folds of one method).
+
+    Args:
+        summaries: Test summaries (``modalities -> {"cases": [{"id", "metrics", "mean"}]}``).
+
+    Returns:
+        ``{modality: {case_id: case}}``.
+
+    Raises:
+        ValueError: a case id appears in two summaries of the same modality (a case must be
+            tested once per method and seed).
+    """
+    pooled: dict[str, dict[str, Any]] = {}
+    for summary in summaries:
+        for modality, result in summary["modalities"].items():
+            cases = pooled.setdefault(modality, {})
+            for case in result["cases"]:
+                if case["id"] in cases:
+                    raise ValueError(f"{modality} case {case['id']!r} was tested twice")
+                cases[case["id"]] = case
+    return pooled
+
+
+def _value(case: Mapping[str, Any], metric: str, cls: str | None = None) -> float:
+    value = case["mean"][metric] if cls is None else case["metrics"][cls][metric]
+    return float("nan") if value is None else float(value)
+
+
+def pooled_statistics(
+    pooled: Mapping[str, Mapping[str, Any]], classes: Sequence[str]
+) -> dict[str, Any]:
+    """Mean and sample std over the pooled cases, overall and per class, for each modality."""
+    result: dict[str, Any] = {}
+    for modality, cases in pooled.items():
+        entry: dict[str, Any] = {"n_cases": len(cases), "per_class": {}}
+        for metric in METRICS:
+            mean, std = sample_mean_std([_value(c, metric) for c in cases.values()])
+            entry[metric] = {"mean": mean, "std": std}
+        for cls in classes:
+            entry["per_class"][cls] = {}
+            for metric in METRICS:
+                mean, std = sample_mean_std([_value(c, metric, cls) for c in cases.values()])
+                entry["per_class"][cls][metric] = {"mean": mean, "std": std}
+        result[modality] = entry
+    return result
+
+
+def paired_comparisons(
+    pooled: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    method: str,
+    *,
+    metrics: Sequence[str] = METRICS,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """``method`` minus every other method, per modality and metric, on their shared cases.
+
+    Args:
+        pooled: Method -> :func:`pool_cases` result.
+        method: The method compared with all others.
+        metrics: Metrics compared (each case's mean over its classes).
+
+    Returns:
+        ``{baseline: {modality: {metric: paired_difference(...)}}}`` for the baselines that
+        share a modality with ``method``.
+    """
+    comparisons: dict[str, dict[str, dict[str, Any]]] = {}
+    for baseline, baseline_cases in pooled.items():
+        if baseline == method or method not in pooled:
+            continue
+        for modality, cases in pooled[method].items():
+            if modality not in baseline_cases:
+                continue
+            per_metric = {}
+            for metric in metrics:
+                ours = {cid: _value(c, metric) for cid, c in cases.items()}
+                theirs = {cid: _value(c, metric) for cid, c in baseline_cases[modality].items()}
+                per_metric[metric] = paired_difference(ours, theirs)
+            comparisons.setdefault(baseline, {})[modality] = per_metric
+    return comparisons
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "—" if value is None else f"{value:+.{digits}f}"
+
+
+def comparison_markdown(
+    comparisons: Mapping[str, Mapping[str, Mapping[str, Any]]], method: str
+) -> list[str]:
+    """Markdown lines: the paired differences of ``method`` against each baseline."""
+    lines = [
+        f"| `{method}` minus | modality | n | Dice difference [95 % CI] | Wilcoxon p | "
+        "ASSD mm difference [95 % CI] | HD95 mm difference [95 % CI] | Dice: a difference? |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for baseline, per_modality in comparisons.items():
+        for modality, per_metric in per_modality.items():
+            cells = []
+            for metric, digits in (("dice", 3), ("assd", 2), ("hd95", 1)):
+                c = per_metric[metric]
+                text = f"{_number(c['mean_difference'], digits)} "
+                text += f"[{_number(c['ci_low'], digits)}, {_number(c['ci_high'], digits)}]"
+                cells.append(text)
+            dice = per_metric["dice"]
+            p = dice["wilcoxon_p"]
+            verdict = (
+                ("yes, higher" if dice["mean_difference"] > 0 else "yes, lower")
+                if ci_excludes_zero(dice)
+                else "no (CI includes 0)"
+            )
+            lines.append(
+                f"| `{baseline}` | {modality.upper()} | {dice['n']} | {cells[0]} | "
+                f"{'—' if p is None else f'{p:.3g}'} | {cells[1]} | {cells[2]} | {verdict} |"
+            )
+    return lines
