@@ -37,6 +37,8 @@ _PLAIN_COMMANDS = {
     "evaluate": "ummkd.evaluation.commands",
     "sweep-dry-run": "ummkd.sweeps",
     "reproduce": "ummkd.experiments",
+    "export": "ummkd.model_package",
+    "segment": "ummkd.segment",
 }
 _RUN_VERSION_ENV = "UMMKD_RUN_VERSION"
 _DEFAULT_ROOT = "runs/default"

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import (
     ClipIntensityPercentilesd,
     Compose,
@@ -354,6 +355,27 @@ def random_transforms(
     return Compose(steps)
 
 
+def invert_to_input_space(
+    transform: Compose, probs: torch.Tensor, image: torch.Tensor
+) -> torch.Tensor:
+    """Map probabilities ``(C, *spatial)`` of a preprocessed image back to its stored grid.
+
+    Args:
+        transform: The :func:`prediction_transforms` instance that preprocessed ``image``.
+        probs: Class probabilities on the preprocessed grid.
+        image: The preprocessed image (a ``MetaTensor`` carrying its applied transforms).
+
+    Returns:
+        Probabilities on the grid of the file the image was read from (``probs`` unchanged
+        when ``image`` carries no transforms).
+    """
+    if not isinstance(image, MetaTensor) or not image.applied_operations:
+        return probs
+    tracked = MetaTensor(probs.detach().cpu(), meta=dict(image.meta))
+    tracked.applied_operations = list(image.applied_operations)
+    return torch.as_tensor(transform.inverse({"image": tracked})["image"])
+
+
 def prediction_transforms(
     prep: ModalityPreprocessing,
     *,
@@ -373,6 +395,7 @@ __all__ = [
     "RemapLabelsd",
     "adjacent_slices",
     "deterministic_transforms",
+    "invert_to_input_space",
     "normalization_transforms",
     "prediction_transforms",
     "random_transforms",

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
-from monai.data import CacheDataset, DataLoader, Dataset, MetaTensor, PersistentDataset
+from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 from monai.transforms import Compose, apply_transform
 from torch.utils.data import DistributedSampler
 
@@ -37,6 +37,7 @@ from ummkd.data.transforms import (
     AugmentationConfig,
     ModalityPreprocessing,
     deterministic_transforms,
+    invert_to_input_space,
     prediction_transforms,
     random_transforms,
 )
@@ -513,12 +514,7 @@ class UnpairedDataModule(pl.LightningDataModule):
         Returns:
             Probabilities on the grid of the file the image was read from.
         """
-        if not isinstance(image, MetaTensor) or not image.applied_operations:
-            return probs
-        tracked = MetaTensor(probs.detach().cpu(), meta=dict(image.meta))
-        tracked.applied_operations = list(image.applied_operations)
-        inverted = self.inference_transform(modality).inverse({"image": tracked})["image"]
-        return torch.as_tensor(inverted)
+        return invert_to_input_space(self.inference_transform(modality), probs, image)
 
     def stored_label(self, path: str | Path, modality: str) -> tuple[np.ndarray, tuple[float, ...]]:
         """A label file as stored, in the shared label space, with its voxel spacing (mm).

@@ -180,7 +180,17 @@ def _read_with_simpleitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read a non-NIfTI image with SimpleITK and convert its LPS geometry to a RAS affine."""
     import SimpleITK  # imported here: only DICOM/MHD/NRRD sources need it, and it loads slowly
 
-    image = SimpleITK.ReadImage(str(path))
+    return simpleitk_to_ras(SimpleITK.ReadImage(str(path)), path)
+
+
+def simpleitk_to_ras(image: Any, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A SimpleITK image as an ``[x, y, z]`` array and a voxel-to-RAS affine (from its LPS).
+
+    Raises:
+        DatasetImportError: if the image is not scalar (``path`` names it).
+    """
+    import SimpleITK
+
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise DatasetImportError(
             f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per pixel; "
