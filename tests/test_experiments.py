@@ -221,6 +221,8 @@ def test_reproduce_end_to_end_on_phantoms(tiny_dataset: Path, tmp_path: Path) ->
         "--results",
         str(tmp_path / "results"),
         "--allow-mixed-commits",  # the tree under test may hold uncommitted changes
+        "--parallel",
+        "2",
         "--extra",
         *FAST,
         "--data.patch_size=[32,32]",
@@ -464,3 +466,24 @@ def test_cross_validation_report_pools_folds_and_compares_per_case(
     assert "one clean commit" in capsys.readouterr().err
     assert main([*argv, "--allow-mixed-commits"]) == 0
     assert "`ba9876543210`" in (tmp_path / "out" / "abdominal_cv_cpu.md").read_text()
+
+
+def test_write_jobs_gives_one_command_per_run_and_trains_nothing(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    from ummkd.data.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "six", n_ct=6, n_mr=6, size=(32, 32, 2))
+    jobs = tmp_path / "jobs.txt"
+    argv = ["--folds", "3", "--seeds", "0", "1", "--variants", "joint", "ummkd", "--data"]
+    argv += [str(data), "--runs", str(tmp_path / "runs"), "--write-jobs", str(jobs)]
+    assert main([*argv, "--extra", "--trainer.max_steps=2"]) == 0
+    lines = jobs.read_text().splitlines()
+    assert len(lines) == 3 * 2 * 2
+    first = shlex.split(lines[0])
+    assert first[:2] == ["ummkd", "reproduce"] and "--no-report" in first
+    assert first[first.index("--only-folds") + 1] == "0"
+    assert first[first.index("--variants") + 1] == "joint"
+    assert first[-2:] == ["--extra", "--trainer.max_steps=2"]
+    assert (data / "splits_cv3.json").is_file()
+    assert not (tmp_path / "runs").exists()

@@ -44,6 +44,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ import torch
 
 from ummkd.data.cross_validation import cross_validation_splits, describe_splits
 from ummkd.data.dataset_spec import DatasetSpecError, load_dataset
-from ummkd.data.io import atomic_write_bytes, write_json
+from ummkd.data.io import atomic_write_bytes, write_json, write_text_atomic
 from ummkd.evaluation.comparison import (
     comparison_markdown,
     paired_comparisons,
@@ -74,7 +75,7 @@ DESCRIPTIONS = {
     "y_shape": "Y-shape: modality encoders, shared decoder",
     "ummkd": "ummkd: shared kernels, modality norms + KD",
 }
-SCALES = ("cpu", "full")
+SCALES = ("cpu", "gpu-short", "full")
 BASE_CONFIG = "ummkd.yaml"
 RECORD = "record.json"
 _BEST_DICE = re.compile(r"dice(\d+\.\d+)")
@@ -102,10 +103,12 @@ def variant_configs(config_dir: Path, variant: str, scale: str) -> list[Path]:
     names = [BASE_CONFIG]
     if variant != "ummkd":
         names.append(f"{variant}.yaml")
-    if scale == "cpu":
+    if scale in ("cpu", "gpu-short"):
         names.append("cpu.yaml")
         if (config_dir / f"cpu_{variant}.yaml").is_file():
             names.append(f"cpu_{variant}.yaml")
+    if scale == "gpu-short":
+        names.append("gpu_short.yaml")
     paths = [config_dir / name for name in names]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
@@ -751,8 +754,9 @@ def machine_description() -> str:
                 break
     except OSError:
         pass
+    gpu = f"{torch.cuda.get_device_name(0)}; " if torch.cuda.is_available() else ""
     return (
-        f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+        f"{gpu}{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}, Python {platform.python_version()}"
     )
 
@@ -767,6 +771,9 @@ SCALE_NOTES = {
     "steps (the paper's 2D schedule: 150,000), Adam 2e-3 x0.7 every 300 steps, validation every "
     "300 steps. Far below the paper's budget: compare the variants with each other, not with the "
     "paper's numbers.",
+    "gpu-short": "the cpu scale's model, data and schedule (1200 steps) on one GPU in bf16, "
+    "several runs at once on the same GPU (ummkd reproduce --parallel); compare its runs with "
+    "each other, not with CPU runs.",
     "full": "the variant configs as they are (the paper's 2D network and schedule: base width "
     "16, 256x256, 150,000 steps), a 2D proxy of its 3D abdominal experiment.",
 }
@@ -782,6 +789,37 @@ def write_results(report: Mapping[str, Any], results_dir: Path, stem: str) -> di
     atomic_write_bytes(paths["md"], markdown.encode())
     atomic_write_bytes(paths["png"], results_png(report))
     return paths
+
+
+def write_job_list(args: argparse.Namespace, jobs: Sequence[tuple[Any, int, str]]) -> Path:
+    """Write one ``ummkd reproduce`` command per run, for a job array (``--write-jobs``).
+
+    Each line trains and tests one (variant, fold, seed) and writes its own record; a final
+    ``--report-only`` call merges them. The dataset and the folds file must exist first (this
+    call writes the folds file).
+
+    Returns:
+        The job list file.
+    """
+    common = ["--scale", args.scale, "--data", str(args.data), "--configs", str(args.configs)]
+    common += ["--runs", str(args.runs)]
+    if args.folds:
+        common += ["--folds", str(args.folds)]
+    if args.train_limit:
+        common += ["--train-limit", *args.train_limit]
+    if args.trainer_config:
+        common += ["--trainer-config", str(args.trainer_config)]
+    lines = []
+    for fold, seed, variant in jobs:
+        command = ["ummkd", "reproduce", *common, "--variants", variant, "--seeds", str(seed)]
+        command.append("--no-report")
+        if fold is not None:
+            command += ["--only-folds", str(fold.index)]
+        if args.extra:
+            command += ["--extra", *args.extra]
+        lines.append(shlex.join(command))
+    write_text_atomic(args.write_jobs, "\n".join(lines) + "\n")
+    return args.write_jobs
 
 
 def check_one_code_version(runs: Sequence[Mapping[str, Any]], allow_mixed: bool) -> list[str]:
@@ -890,31 +928,41 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
     # variants in the paper's order.
     records: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS if v in args.variants}
     unfinished = []
-    for fold in folds:
-        for seed in args.seeds:
-            for variant in args.variants:
-                if args.report_only:
-                    record_path = record_path_of(args.runs, args.scale, variant, seed, fold)
-                    if record_path.is_file():
-                        records[variant].append(json.loads(record_path.read_text()))
-                    else:
-                        where = "" if fold is None else f" fold {fold.index}"
-                        unfinished.append(f"{variant}{where} seed {seed}")
-                    continue
-                records[variant].append(
-                    run_variant(
-                        variant,
-                        seed,
-                        fold=fold,
-                        scale=args.scale,
-                        config_dir=args.configs,
-                        data_root=data_root,
-                        runs_root=args.runs,
-                        extra=extra,
-                        executable=args.executable,
-                        rerun=args.rerun,
-                    )
-                )
+    jobs = [(f, s, v) for f in folds for s in args.seeds for v in args.variants]
+    if args.write_jobs:
+        return {"jobs": write_job_list(args, jobs)}
+    if args.report_only:
+        for fold, seed, variant in jobs:
+            record_path = record_path_of(args.runs, args.scale, variant, seed, fold)
+            if record_path.is_file():
+                records[variant].append(json.loads(record_path.read_text()))
+            else:
+                where = "" if fold is None else f" fold {fold.index}"
+                unfinished.append(f"{variant}{where} seed {seed}")
+    else:
+
+        def run(job: tuple[Fold | None, int, str]) -> dict[str, Any]:
+            fold, seed, variant = job
+            return run_variant(
+                variant,
+                seed,
+                fold=fold,
+                scale=args.scale,
+                config_dir=args.configs,
+                data_root=data_root,
+                runs_root=args.runs,
+                extra=extra,
+                executable=args.executable,
+                rerun=args.rerun,
+            )
+
+        # Each run is its own process; --parallel N keeps N of them going (one GPU is
+        # launch-bound at this model size, so concurrent runs raise its throughput).
+        with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+            for (_, _, variant), record in zip(jobs, pool.map(run, jobs), strict=True):
+                records[variant].append(record)
+        if args.no_report:
+            return {}
     if unfinished:
         print(f"[ummkd] not finished, left out of the report: {', '.join(unfinished)}", flush=True)
     runs = [r for variant_runs in records.values() for r in variant_runs]
@@ -1016,6 +1064,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODALITY=COUNT",
         help="with --folds: keep only COUNT training cases of MODALITY per fold (a fixed, "
         "seeded subset), e.g. mr=4 for the label-scarce setting",
+    )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N trainings at once (e.g. several runs on one GPU); default 1",
+    )
+    parser.add_argument(
+        "--no-report",
+        action="store_true",
+        help="train and record the runs but write no results files (one job of a job array)",
+    )
+    parser.add_argument(
+        "--write-jobs",
+        type=Path,
+        metavar="FILE",
+        help="train nothing: write one `ummkd reproduce` command per (variant, fold, seed) run "
+        "to FILE, for a job array (see docs/multi-gpu.md); merge with --report-only",
     )
     parser.add_argument(
         "--allow-mixed-commits",

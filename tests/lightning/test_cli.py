@@ -315,6 +315,10 @@ def _config_cases() -> list[tuple[str, list[str]]]:
         ]
         args = ["--config", abd, "--config", overlays[0], "--config", cpu_scale]
         cases.append((f"abdominal_2d/cpu_{variant}", [*args, "--config", overlays[1]]))
+    gpu_short = str(CONFIGS / "abdominal_2d" / "gpu_short.yaml")  # bf16, accelerator set to cpu
+    cases.append(
+        ("abdominal_2d/gpu_short", ["--config", abd, "--config", cpu_scale, "--config", gpu_short])
+    )
     cardiac = str(CONFIGS / "cardiac_2d" / "ummkd.yaml")
     cases.append(("cardiac_2d/ummkd", ["--config", cardiac, *TINY_DRN]))
     for profile in ("cpu", "debug"):
