@@ -218,6 +218,11 @@ class UMMKDModule(pl.LightningModule):
         )
 
     # ------------------------------------------------------------------ training
+    @property
+    def kd_loss(self) -> ModalityDistillationLoss:
+        """The objective's distillation loss (its last class distributions are logged)."""
+        return self.objective.kd_loss
+
     def training_step(
         self, batch: Mapping[str, Mapping[str, Tensor]], batch_idx: int
     ) -> Tensor | None:
