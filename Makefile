@@ -19,10 +19,10 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install -e ".[dev,import]"
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv, install torch (TORCH_SPEC) then ummkd[dev] (idempotent)
+install: $(STAMP) ## Create .venv, install torch (TORCH_SPEC) then ummkd[dev,import] (idempotent)
 
 test: $(STAMP) ## Run the default test suite (not slow, not gpu)
 	$(BIN)/python -m pytest -q

@@ -6,10 +6,11 @@ paper``: the paper's DilatedResNet2d, base 16, on 256x256 stacks), batch 8 CT + 
 segmentation loss + 0.5 x KD, Adam 2e-3 with StepLR:
 
 * ``ratio``: **Lightning vs bare PyTorch.** ``Trainer.fit`` of
-  :class:`~ummkd.lightning.module.UMMKDModule` versus a plain loop doing the same forward passes
-  (``use_modality``), losses, finiteness check, backward, Adam step and scheduler step, on the
-  same model initialisation, seeds and pre-built batches (a ``DataLoader(list_of_batches,
-  batch_size=None)`` over tensors already on the device, so neither side loads data).
+  :class:`~ummkd.lightning.module.UMMKDModule` versus a plain loop running the module's objective
+  (:class:`~ummkd.losses.UnpairedObjective`), finiteness check, backward, Adam step and scheduler
+  step, on the same model initialisation, seeds and pre-built batches (a
+  ``DataLoader(list_of_batches, batch_size=None)`` over tensors already on the device, so neither
+  side loads data).
 * ``fixed``: **Lightning's fixed cost per step**, the same comparison on a network of one 1x1
   convolution and one norm (batch 2 + 2 of 3x16x16), where the step is almost all loop
   overhead. Divided by the bare step time of ``ratio``, it gives a low-noise estimate of the
@@ -67,6 +68,7 @@ from torch.utils.data import DataLoader
 from ummkd.data.io import write_json
 from ummkd.lightning.datamodule import SyntheticOptions, UnpairedDataModule
 from ummkd.lightning.module import UMMKDModule
+from ummkd.losses import UnpairedObjective
 from ummkd.nn import DilatedResNet2d
 
 from bench_report import add_append_argument, results_appended_to
@@ -273,13 +275,15 @@ def run_bare(
 ) -> tuple[list[float], float, list[float]]:
     """(per-step seconds after warm-up, total seconds, losses) of a plain PyTorch loop.
 
-    The step mirrors ``UMMKDModule.training_step`` plus Lightning's automatic optimization:
-    forward of every modality with its norms, segmentation losses, ``kd_weight`` x KD (the
-    module's weight unless given), finiteness check, zero_grad, backward, Adam step and scheduler
-    step. ``autocast`` wraps the forward and the losses.
+    The step is the module's objective (:class:`~ummkd.losses.UnpairedObjective`, with
+    ``kd_weight`` instead of the module's weight when given) plus Lightning's automatic
+    optimization: finiteness check, zero_grad, backward, Adam step and scheduler step.
+    ``autocast`` wraps the objective.
     """
     module = copy.deepcopy(template)
-    weight = module.kd_weight if kd_weight is None else kd_weight
+    objective = module.objective
+    if kd_weight is not None:
+        objective = UnpairedObjective(objective.seg_loss, objective.kd_loss, kd_weight)
     start = _now(device)
     config = module.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
@@ -290,15 +294,7 @@ def run_bare(
     losses: list[Tensor] = []
     for batch in DataLoader(batches, batch_size=None):
         with autocast():
-            logits: dict[str, Tensor] = {}
-            labels: dict[str, Tensor] = {}
-            total = torch.zeros((), device=device)
-            for m in MODALITIES:
-                logits[m] = module(batch[m]["image"], m)
-                labels[m] = batch[m]["label"]
-                total = total + module.seg_loss(logits[m], labels[m])
-            if weight > 0:
-                total = total + weight * module.kd_loss(logits, labels)
+            total = objective(module, batch, MODALITIES).total
         if not torch.isfinite(total):
             raise FloatingPointError(f"non-finite loss at step {timer.steps + 1}")
         optimizer.zero_grad()
@@ -320,10 +316,10 @@ def kd_alone_time(template: UMMKDModule, batch: Batch, iterations: int) -> float
     labels = {m: batch[m]["label"] for m in MODALITIES}
     leaves = {m: v.clone().requires_grad_(True) for m, v in logits.items()}
     for _ in range(3):
-        module.kd_loss(leaves, labels).backward()
+        module.objective.kd_loss(leaves, labels).backward()
     start = _now(device)
     for _ in range(iterations):
-        module.kd_loss(leaves, labels).backward()
+        module.objective.kd_loss(leaves, labels).backward()
     return (_now(device) - start) / iterations
 
 

@@ -1,15 +1,16 @@
 """``ummkd sweep-dry-run``: check a W&B sweep definition without W&B, a network or training.
 
-For ``--count`` parameter sets drawn from the sweep's ``parameters`` (as W&B's controller draws
-them; ``grid`` enumerates, ``random`` and ``bayes`` sample at random), it renders the exact
-command a ``wandb agent`` would run (W&B's own macro expansion: ``${env}``, ``${interpreter}``,
-``${program}``, ``${args}``, ``${args_no_hyphens}``, ... and ``${envvar:NAME}``), prints it, and
-parses it with the real ``ummkd`` parser (``--print_config``; nothing is instantiated), so a
-misspelt parameter name or an unparsable value fails here with the CLI's own error instead of
-in every agent run. It also checks what W&B would only notice much later:
+For ``--count`` parameter sets drawn from the sweep's ``parameters`` (``grid`` enumerates them
+in W&B's order; otherwise each value is drawn from its ``value``, ``values`` or ``min``/``max``),
+it renders the exact command a ``wandb agent`` would run for them (W&B's own macro expansion:
+``${env}``, ``${interpreter}``, ``${program}``, ``${args}``, ``${args_no_hyphens}``, ... and
+``${envvar:NAME}``), prints it, and parses it with the real ``ummkd`` parser (``--print_config``;
+nothing is instantiated), so a misspelt parameter name or an unparsable value fails here with
+the CLI's own error instead of in every agent run. It also checks what W&B would only notice
+much later:
 
-* the sweep file: required keys, ``method``, parameter names and distributions (W&B's schema),
-  no ``None`` values (they reach the CLI as the text ``None``), ``early_terminate``;
+* the search space: no ``None`` values (they reach the CLI as the text ``None``), numeric
+  bounds (W&B validates the rest of the schema when the sweep is created);
 * the metric: one the module logs (``val/dice_best``, ``val/dice``, ``val/dice_<modality>``),
   ``goal: maximize`` (W&B's default is ``minimize``);
 * the command: config files before ``${args}`` (later ``--config`` files override the sweep's
@@ -41,38 +42,12 @@ import re
 import shlex
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-#: Top-level keys of W&B's sweep schema (plus the CLI's ``settings``/``scheduler``).
-TOP_LEVEL_KEYS = frozenset(
-    {
-        "apiVersion",
-        "command",
-        "controller",
-        "description",
-        "early_terminate",
-        "entity",
-        "image_uri",
-        "job",
-        "kind",
-        "method",
-        "metric",
-        "name",
-        "parameters",
-        "program",
-        "project",
-        "run_cap",
-        "scheduler",
-        "settings",
-    }
-)
 METHODS = ("grid", "random", "bayes")
-#: Parameter names W&B accepts (its schema's ``propertyNames`` pattern).
-PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 #: Metrics the module logs that a sweep can maximize (``val/dice_<modality>`` besides these).
 LOGGED_METRICS = ("val/dice_best", "val/dice")
 #: W&B's default command when the sweep has none.
@@ -90,51 +65,16 @@ _ARGS_MACROS = frozenset(
     }
 )
 _MACROS = _ARGS_MACROS | {"env", "interpreter", "program"}
-
-# distribution -> (required keys, optional keys with W&B's defaults)
-_DISTRIBUTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
-    "constant": (("value",), {}),
-    "categorical": (("values",), {}),
-    "categorical_w_probabilities": (("values", "probabilities"), {}),
-    "int_uniform": (("min", "max"), {}),
-    "uniform": (("min", "max"), {}),
-    "q_uniform": (("min", "max"), {"q": 1.0}),
-    "log_uniform": (("min", "max"), {}),
-    "log_uniform_values": (("min", "max"), {}),
-    "q_log_uniform": (("min", "max"), {"q": 1.0}),
-    "q_log_uniform_values": (("min", "max"), {"q": 1.0}),
-    "inv_log_uniform": (("min", "max"), {}),
-    "inv_log_uniform_values": (("min", "max"), {}),
-    "normal": ((), {"mu": 0.0, "sigma": 1.0}),
-    "q_normal": ((), {"mu": 0.0, "sigma": 1.0, "q": 1.0}),
-    "log_normal": ((), {"mu": 0.0, "sigma": 1.0}),
-    "q_log_normal": ((), {"mu": 0.0, "sigma": 1.0, "q": 1.0}),
-    "beta": ((), {"a": 1.0, "b": 1.0}),
-    "q_beta": ((), {"a": 1.0, "b": 1.0, "q": 1.0}),
+#: W&B distributions whose ``min``/``max`` are natural-log exponents: value from the exponent.
+_EXPONENT_BOUNDS = {
+    "log_uniform": math.exp,
+    "q_log_uniform": math.exp,
+    "inv_log_uniform": lambda x: math.exp(-x),
 }
-_POSITIVE_MIN = {"log_uniform_values", "q_log_uniform_values", "inv_log_uniform_values"}
-_GRID_DISTRIBUTIONS = {"constant", "categorical", "int_uniform", "q_uniform"}
 
 
 class SweepError(ValueError):
     """A problem in a sweep definition."""
-
-
-@dataclass
-class Parameter:
-    """One search-space entry: a distribution with its filled-in settings, or a group.
-
-    Attributes:
-        name: Parameter name (a dotted CLI key, e.g. ``model.kd_weight``).
-        distribution: W&B distribution name, or ``"group"`` for nested ``parameters``.
-        config: The settings (``min``/``max``/``values``/... with W&B's defaults filled in).
-        children: The nested parameters of a group.
-    """
-
-    name: str
-    distribution: str
-    config: dict[str, Any] = field(default_factory=dict)
-    children: list[Parameter] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------ search space
@@ -142,254 +82,149 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _contains_none(value: Any) -> bool:
-    if value is None:
-        return True
     if isinstance(value, Mapping):
         return any(_contains_none(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, list):
         return any(_contains_none(v) for v in value)
-    return False
+    return value is None
 
 
-def _infer_distribution(name: str, spec: Mapping[str, Any]) -> str:
-    if "value" in spec:
-        return "constant"
-    if "values" in spec:
-        return "categorical_w_probabilities" if "probabilities" in spec else "categorical"
-    if "min" in spec and "max" in spec:
-        return "int_uniform" if _is_int(spec["min"]) and _is_int(spec["max"]) else "uniform"
-    raise SweepError(
-        f"parameter {name!r}: give `value`, `values`, `min`+`max` or a `distribution` "
-        f"(got keys {sorted(spec)})"
-    )
+def check_parameter(name: str, spec: Any, method: str = "random") -> None:
+    """Check that the dry run can draw ``spec`` and that its values can reach the CLI.
 
-
-def parse_parameter(name: str, spec: Any) -> Parameter:
-    """Validate one entry of ``parameters`` and fill in W&B's defaults.
+    W&B validates the distribution itself when the sweep is created; this checks what the dry
+    run needs (``value``, ``values``, numeric ``min``/``max``, nested ``parameters``) and what
+    W&B accepts but the CLI cannot use (``None``).
 
     Args:
         name: The parameter's name.
         spec: Its definition from the sweep file.
-
-    Returns:
-        The parsed parameter.
+        method: The sweep's method (``grid`` takes only countable parameters).
 
     Raises:
-        SweepError: If the definition does not follow W&B's sweep schema or holds ``None``.
+        SweepError: With a message naming the parameter and the problem.
     """
-    if not PARAMETER_NAME.match(name):
-        raise SweepError(f"parameter {name!r}: W&B names match {PARAMETER_NAME.pattern}")
     if not isinstance(spec, Mapping):
-        raise SweepError(
-            f"parameter {name!r}: expected a mapping such as {{values: [...]}}, got {spec!r}"
-        )
+        raise SweepError(f"parameter {name!r}: expected a mapping such as {{values: [...]}}")
     if "parameters" in spec:
-        extra = set(spec) - {"parameters"}
-        if extra or not isinstance(spec["parameters"], Mapping) or not spec["parameters"]:
-            raise SweepError(f"parameter {name!r}: a group holds only a non-empty `parameters`")
-        children = [parse_parameter(str(k), v) for k, v in sorted(spec["parameters"].items())]
-        return Parameter(name, "group", children=children)
-    dist = spec.get("distribution") or _infer_distribution(name, spec)
-    if dist not in _DISTRIBUTIONS:
-        raise SweepError(
-            f"parameter {name!r}: unknown distribution {dist!r}; W&B knows {sorted(_DISTRIBUTIONS)}"
-        )
-    required, optional = _DISTRIBUTIONS[dist]
-    missing = [k for k in required if k not in spec]
-    unknown = set(spec) - set(required) - set(optional) - {"distribution"}
-    if missing or unknown:
-        raise SweepError(
-            f"parameter {name!r} ({dist}): "
-            + "; ".join(
-                ([f"missing {missing}"] if missing else [])
-                + ([f"unknown keys {sorted(unknown)}"] if unknown else [])
-            )
-        )
-    config = {**optional, **{k: v for k, v in spec.items() if k != "distribution"}}
-    if _contains_none(config):
+        if not isinstance(spec["parameters"], Mapping) or not spec["parameters"]:
+            raise SweepError(f"parameter {name!r}: `parameters` of a group must be a mapping")
+        for key, child in spec["parameters"].items():
+            check_parameter(f"{name}.{key}", child, method)
+        return
+    if _contains_none(spec):
         raise SweepError(
             f"parameter {name!r}: None/null in the search space; W&B passes it as the text "
             "'None' (`--key=None`), which the CLI rejects or takes as a string; use a sentinel "
             "value or leave the parameter out"
         )
-    _check_values(name, dist, config)
-    return Parameter(name, dist, config)
-
-
-def _check_values(name: str, dist: str, config: dict[str, Any]) -> None:
-    if dist in ("categorical", "categorical_w_probabilities"):
-        values = config["values"]
-        if not isinstance(values, list) or not values:
-            raise SweepError(f"parameter {name!r}: `values` must be a non-empty list")
-        if dist == "categorical_w_probabilities":
-            probs = config["probabilities"]
-            if (
-                not isinstance(probs, list)
-                or len(probs) != len(values)
-                or not all(_is_number(p) and p >= 0 for p in probs)
-                or not math.isclose(sum(probs), 1.0, abs_tol=1e-6)
-            ):
-                raise SweepError(
-                    f"parameter {name!r}: `probabilities` must be one non-negative number per "
-                    "value, summing to 1"
-                )
+    if "value" in spec:
         return
-    for key in ("min", "max", "q", "mu", "sigma", "a", "b"):
-        if key in config and not _is_number(config[key]):
-            hint = (
-                " (YAML reads 1e-4 as a string: write 1.0e-4)"
-                if isinstance(config[key], str)
-                else ""
-            )
+    if "values" in spec:
+        if not isinstance(spec["values"], list) or not spec["values"]:
+            raise SweepError(f"parameter {name!r}: `values` must be a non-empty list")
+        return
+    if "min" not in spec or "max" not in spec:
+        raise SweepError(
+            f"parameter {name!r}: the dry run draws from `value`, `values` or `min`+`max` "
+            f"(got keys {sorted(spec)})"
+        )
+    for key in ("min", "max", "q"):
+        value = spec.get(key, 1)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            hint = " (YAML reads 1e-4 as a string: write 1.0e-4)" if isinstance(value, str) else ""
             raise SweepError(f"parameter {name!r}: `{key}` must be a number{hint}")
-    if dist == "int_uniform" and not (_is_int(config["min"]) and _is_int(config["max"])):
-        raise SweepError(f"parameter {name!r}: int_uniform needs integer `min` and `max`")
-    if "min" in config and config["min"] > config["max"]:
+    if spec["min"] > spec["max"]:
         raise SweepError(f"parameter {name!r}: `min` is larger than `max`")
-    if dist in _POSITIVE_MIN and config["min"] <= 0:
-        raise SweepError(f"parameter {name!r}: {dist} needs `min` > 0 (values, not exponents)")
-    if "q" in config and config["q"] <= 0:
-        raise SweepError(f"parameter {name!r}: `q` must be positive")
-    if "sigma" in config and config["sigma"] < 0:
-        raise SweepError(f"parameter {name!r}: `sigma` must be non-negative")
+    if method == "grid" and not _countable(spec):
+        raise SweepError(
+            f"parameter {name!r}: grid search takes `value`, `values`, integer `min`/`max` or "
+            "a `q` step"
+        )
 
 
-def _quantize(value: float, q: int | float) -> int | float:
-    rounded = round(value / q) * q
-    return int(rounded) if _is_int(q) else float(rounded)
-
-
-def sample_parameter(param: Parameter, rng: random.Random) -> Any:
-    """Draw one value as W&B's random search does (``sweeps.params.HyperParameter.ppf``).
-
-    Args:
-        param: A parsed parameter.
-        rng: The random generator.
-
-    Returns:
-        The value (a dict for a group).
-    """
-    c = param.config
-    dist = param.distribution
-    if dist == "group":
-        return {child.name: sample_parameter(child, rng) for child in param.children}
-    if dist == "constant":
-        return copy.deepcopy(c["value"])
-    if dist == "categorical":
-        return copy.deepcopy(rng.choice(c["values"]))
-    if dist == "categorical_w_probabilities":
-        return copy.deepcopy(rng.choices(c["values"], weights=c["probabilities"])[0])
-    if dist == "int_uniform":
-        return rng.randint(c["min"], c["max"])
-    if dist in ("uniform", "q_uniform"):
-        value = rng.uniform(c["min"], c["max"])
-        return _quantize(value, c["q"]) if dist == "q_uniform" else value
-    if dist in ("log_uniform", "q_log_uniform"):  # min/max are natural-log exponents
-        value = math.exp(rng.uniform(c["min"], c["max"]))
-        return _quantize(value, c["q"]) if dist == "q_log_uniform" else value
-    if dist in ("log_uniform_values", "q_log_uniform_values"):
-        value = math.exp(rng.uniform(math.log(c["min"]), math.log(c["max"])))
-        return _quantize(value, c["q"]) if dist == "q_log_uniform_values" else value
-    if dist == "inv_log_uniform":
-        return math.exp(-rng.uniform(c["min"], c["max"]))
-    if dist == "inv_log_uniform_values":
-        return math.exp(-rng.uniform(-math.log(c["max"]), -math.log(c["min"])))
-    if dist in ("normal", "q_normal"):
-        value = rng.gauss(c["mu"], c["sigma"])
-        return _quantize(value, c["q"]) if dist == "q_normal" else value
-    if dist in ("log_normal", "q_log_normal"):
-        value = math.exp(rng.gauss(c["mu"], c["sigma"]))
-        return _quantize(value, c["q"]) if dist == "q_log_normal" else value
-    if dist in ("beta", "q_beta"):
-        value = rng.betavariate(c["a"], c["b"])
-        return _quantize(value, c["q"]) if dist == "q_beta" else value
-    raise SweepError(f"parameter {param.name!r}: unknown distribution {dist!r}")
-
-
-def _grid_values(param: Parameter) -> list[Any]:
-    c = param.config
-    if param.distribution == "constant":
-        return [c["value"]]
-    if param.distribution == "categorical":
-        return list(c["values"])
-    if param.distribution == "int_uniform":
-        return list(range(c["min"], c["max"] + 1))
-    if param.distribution == "q_uniform":  # numpy.arange(min, max, q): max excluded
-        count = max(0, math.ceil((c["max"] - c["min"]) / c["q"]))
-        return [c["min"] + i * c["q"] for i in range(count)]
-    raise SweepError(
-        f"parameter {param.name!r}: grid search takes only value, values, int_uniform or "
-        f"q_uniform, not {param.distribution}"
+def _countable(spec: Mapping[str, Any]) -> bool:
+    return (
+        "q" in spec
+        or (_is_int(spec["min"]) and _is_int(spec["max"]) and spec.get("distribution") is None)
+        or spec.get("distribution") == "int_uniform"
     )
 
 
-def _leaves(params: Sequence[Parameter], prefix: tuple[str, ...] = ()) -> Iterator[Any]:
-    for param in params:
-        if param.distribution == "group":
-            yield from _leaves(param.children, (*prefix, param.name))
+def _draw_bounded(spec: Mapping[str, Any], rng: random.Random) -> int | float:
+    """A value between the bounds: an integer for integer bounds, rounded to ``q`` if given."""
+    low, high = spec["min"], spec["max"]
+    if "q" not in spec and _countable(spec):
+        return rng.randint(low, high)
+    value = rng.uniform(low, high)
+    value = _EXPONENT_BOUNDS.get(spec.get("distribution", ""), float)(value)
+    if "q" in spec:
+        value = round(value / spec["q"]) * spec["q"]
+        return int(value) if _is_int(spec["q"]) else float(value)
+    return value
+
+
+def _choices(spec: Mapping[str, Any]) -> list[Any]:
+    """Every value of a countable parameter, in order (``q`` steps: ``max`` excluded)."""
+    if "value" in spec:
+        return [spec["value"]]
+    if "values" in spec:
+        return list(spec["values"])
+    if "q" in spec:
+        count = max(0, math.ceil((spec["max"] - spec["min"]) / spec["q"]))
+        return [spec["min"] + i * spec["q"] for i in range(count)]
+    return list(range(spec["min"], spec["max"] + 1))
+
+
+def _leaves(
+    parameters: Mapping[str, Any], prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], Mapping[str, Any]]]:
+    for name in sorted(parameters):  # W&B's controller orders the parameters by name
+        spec = parameters[name]
+        if "parameters" in spec:
+            yield from _leaves(spec["parameters"], (*prefix, name))
         else:
-            yield (*prefix, param.name), param
+            yield (*prefix, name), spec
 
 
-def grid_points(params: Sequence[Parameter]) -> Iterator[dict[str, Any]]:
-    """All combinations of a grid search, in W&B's order (names sorted, last varies fastest).
-
-    Args:
-        params: Parsed parameters (sorted by name).
-
-    Yields:
-        One parameter set (groups as nested dicts) per grid point.
-    """
-    leaves = list(_leaves(params))
-    choices = [_grid_values(param) for _, param in leaves]
-    for combo in itertools.product(*choices):
-        point: dict[str, Any] = {}
-        for (path, _), value in zip(leaves, combo, strict=True):
-            target = point
-            for key in path[:-1]:
-                target = target.setdefault(key, {})
-            target[path[-1]] = copy.deepcopy(value)
-        yield point
+def _nest(pairs: Iterator[tuple[tuple[str, ...], Any]]) -> dict[str, Any]:
+    point: dict[str, Any] = {}
+    for path, value in pairs:
+        target = point
+        for key in path[:-1]:
+            target = target.setdefault(key, {})
+        target[path[-1]] = copy.deepcopy(value)
+    return point
 
 
-def parse_parameters(spec: Any) -> list[Parameter]:
-    """Parse the ``parameters`` section (sorted by name, as W&B's controller does).
-
-    Args:
-        spec: The ``parameters`` mapping.
-
-    Returns:
-        The parsed parameters.
-
-    Raises:
-        SweepError: On any invalid entry.
-    """
-    if not isinstance(spec, Mapping) or not spec:
-        raise SweepError("`parameters` must be a non-empty mapping of name -> definition")
-    return [parse_parameter(str(name), value) for name, value in sorted(spec.items())]
-
-
-def draw(method: str, params: Sequence[Parameter], count: int, seed: int) -> list[dict[str, Any]]:
+def draw(method: str, parameters: Mapping[str, Any], count: int, seed: int) -> list[dict[str, Any]]:
     """Parameter sets for a dry run: the first ``count`` grid points, or random draws.
 
     Args:
-        method: ``grid``, ``random`` or ``bayes`` (bayes starts from random draws too).
-        params: Parsed parameters.
+        method: ``grid`` (W&B's order: names sorted, the last one varies fastest), ``random``
+            or ``bayes`` (both drawn at random).
+        parameters: The checked ``parameters`` section.
         count: How many sets.
         seed: Random seed.
 
     Returns:
-        ``count`` parameter sets (fewer when a grid is smaller).
+        ``count`` parameter sets (fewer when a grid is smaller), groups as nested dicts.
     """
+    leaves = list(_leaves(parameters))
     if method == "grid":
-        return list(itertools.islice(grid_points(params), count))
+        paths = [path for path, _ in leaves]
+        combos = itertools.product(*(_choices(spec) for _, spec in leaves))
+        points = (_nest(zip(paths, combo, strict=True)) for combo in combos)
+        return list(itertools.islice(points, count))
     rng = random.Random(seed)
-    return [{p.name: sample_parameter(p, rng) for p in params} for _ in range(count)]
+
+    def one(spec: Mapping[str, Any]) -> Any:
+        if "min" in spec and "value" not in spec and "values" not in spec:
+            return _draw_bounded(spec, rng)
+        return rng.choice(_choices(spec))
+
+    return [_nest((path, one(spec)) for path, spec in leaves) for _ in range(count)]
 
 
 # ---------------------------------------------------------------------------------- command
@@ -570,7 +405,7 @@ def _lookup(config: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
 
 
 def _same(expected: Any, actual: Any) -> bool:
-    if _is_number(expected) and _is_number(actual):
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in (expected, actual)):
         return math.isclose(expected, actual, rel_tol=1e-9, abs_tol=1e-12)
     if isinstance(expected, (list, tuple)) and isinstance(actual, (list, tuple)):
         return len(expected) == len(actual) and all(
@@ -705,50 +540,35 @@ def check_metric(sweep: Mapping[str, Any], config: Mapping[str, Any] | None) -> 
     return errors
 
 
-def check_sweep(sweep: Any) -> tuple[list[Parameter], list[str], list[str]]:
+def check_sweep(sweep: Any) -> tuple[list[str], list[str]]:
     """Static checks of a sweep definition (no CLI).
 
     Args:
         sweep: The loaded sweep YAML.
 
     Returns:
-        ``(parameters, errors, warnings)``; ``parameters`` is empty when they do not parse.
+        ``(errors, warnings)``.
     """
     if not isinstance(sweep, Mapping):
-        return [], ["the sweep file must hold a mapping"], []
+        return ["the sweep file must hold a mapping"], []
     errors: list[str] = []
     warnings: list[str] = []
-    unknown = set(sweep) - TOP_LEVEL_KEYS
-    if unknown:
-        errors.append(f"unknown top-level keys {sorted(unknown)} (W&B rejects them)")
-    if sweep.get("method") not in METHODS:
-        errors.append(f"`method` must be one of {list(METHODS)}, got {sweep.get('method')!r}")
+    method = sweep.get("method")
+    if method not in METHODS:
+        errors.append(f"`method` must be one of {list(METHODS)}, got {method!r}")
     if not sweep.get("program"):
         warnings.append("no `program` (W&B documents it as required; use `program: ummkd`)")
-    params: list[Parameter] = []
-    try:
-        params = parse_parameters(sweep.get("parameters"))
-    except SweepError as exc:
-        errors.append(str(exc))
-    if params and sweep.get("method") == "grid":
-        try:
-            for _, param in _leaves(params):
-                _grid_values(param)
-        except SweepError as exc:
-            errors.append(str(exc))
-    if "early_terminate" in sweep:
-        errors += _check_early_terminate(sweep["early_terminate"])
+    parameters = sweep.get("parameters")
+    if not isinstance(parameters, Mapping) or not parameters:
+        errors.append("`parameters` must be a non-empty mapping of name -> definition")
+    else:
+        for name, spec in parameters.items():
+            try:
+                check_parameter(str(name), spec, str(method))
+            except SweepError as exc:
+                errors.append(str(exc))
     errors += check_command_template(sweep)
-    return params, errors, warnings
-
-
-def _check_early_terminate(spec: Any) -> list[str]:
-    if not isinstance(spec, Mapping) or spec.get("type") != "hyperband":
-        return ["early_terminate: only {type: hyperband, ...} exists"]
-    if "min_iter" not in spec and not ("max_iter" in spec and "s" in spec):
-        return ["early_terminate: hyperband needs `min_iter`, or `max_iter` and `s`"]
-    unknown = set(spec) - {"type", "min_iter", "max_iter", "s", "eta", "strict"}
-    return [f"early_terminate: unknown keys {sorted(unknown)}"] if unknown else []
+    return errors, warnings
 
 
 # ------------------------------------------------------------------------------------- main
@@ -775,7 +595,7 @@ def dry_run(path: str | os.PathLike[str], count: int = 3, seed: int = 0) -> int:
             hint = "\nhint: in a [flow, list] quote the macros ('${env}') or use a block list"
         print(f"error: cannot read {path}: {exc}{hint}", file=sys.stderr)
         return 1
-    params, errors, warnings = check_sweep(sweep)
+    errors, warnings = check_sweep(sweep)
     for message in warnings:
         print(f"warning: {message}", file=sys.stderr)
     if errors:
@@ -786,11 +606,11 @@ def dry_run(path: str | os.PathLike[str], count: int = 3, seed: int = 0) -> int:
     metric = sweep["metric"] if isinstance(sweep.get("metric"), Mapping) else {}
     print(
         f"{path}: method {sweep['method']}, metric {metric.get('name')!r} "
-        f"({metric.get('goal', 'minimize')}), {len(params)} parameter(s)"
+        f"({metric.get('goal', 'minimize')}), {len(sweep['parameters'])} parameter(s)"
     )
     failures = 0
     resolved: dict[str, Any] | None = None
-    samples = draw(sweep["method"], params, count, seed)
+    samples = draw(sweep["method"], sweep["parameters"], count, seed)
     for i, values in enumerate(samples, 1):
         argv = render_command(sweep, values)
         print(f"[{i}/{len(samples)}] {_format_values(values)}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -428,3 +430,39 @@ def test_cli_pairs_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
             ]
         )
     assert "expected source:target integers" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- optional libraries (extra)
+def test_importer_libraries_are_not_imported_by_the_package() -> None:
+    """pydicom, SimpleITK and tfrecord (``ummkd[import]``) load only when an importer runs."""
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "for name in ('pydicom', 'SimpleITK', 'tfrecord'):\n"
+        "    sys.modules[name] = None\n"
+        "import ummkd\n"
+        "for info in pkgutil.walk_packages(ummkd.__path__, 'ummkd.'):\n"
+        "    importlib.import_module(info.name)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("library", ["pydicom", "SimpleITK", "tfrecord.reader"])
+def test_a_missing_importer_library_names_the_extra(
+    library: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ummkd.data.importers.common import require
+
+    monkeypatch.setitem(sys.modules, library.split(".")[0], None)
+    with pytest.raises(DatasetImportError, match=r"pip install 'ummkd\[import\]'"):
+        require(library)
+
+
+def test_the_chaos_importer_without_pydicom(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ummkd.data.importers.chaos import _read_slice
+
+    monkeypatch.setitem(sys.modules, "pydicom", None)
+    with pytest.raises(DatasetImportError, match=r"needs pydicom: pip install 'ummkd\[import\]'"):
+        _read_slice(tmp_path / "x.dcm")

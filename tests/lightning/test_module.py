@@ -77,7 +77,7 @@ def test_a_single_modality_step_would_leave_the_other_norms_without_gradient() -
     module.train()
     batch = _batch()
     logits = module(batch["ct"]["image"], "ct")
-    module.seg_loss(logits, batch["ct"]["label"]).backward()
+    module.objective.seg_loss(logits, batch["ct"]["label"]).backward()
     unused = [n for n, p in module.named_parameters() if p.grad is None]
     assert unused and all(".branches.mr." in n for n in unused)
 
@@ -181,12 +181,14 @@ def test_kd_weight_zero_skips_the_kd_term(monkeypatch: pytest.MonkeyPatch) -> No
     def fail(*args: Any, **kwargs: Any) -> torch.Tensor:
         raise AssertionError("KD loss must not be computed when kd_weight=0")
 
-    monkeypatch.setattr(module.kd_loss, "forward", fail)
+    monkeypatch.setattr(module.objective.kd_loss, "forward", fail)
     batch = _batch()
     torch.manual_seed(0)
     total = module.training_step(batch, 0)
     torch.manual_seed(0)
-    seg = sum(module.seg_loss(module(batch[m]["image"], m), batch[m]["label"]) for m in batch)
+    seg = sum(
+        module.objective.seg_loss(module(batch[m]["image"], m), batch[m]["label"]) for m in batch
+    )
     torch.testing.assert_close(total, seg)
 
 
@@ -199,7 +201,7 @@ def test_kd_term_is_added_with_its_weight() -> None:
     with_kd.eval()
     without.eval()
     logits = {m: with_kd(batch[m]["image"], m) for m in batch}
-    kd = with_kd.kd_loss(logits, {m: batch[m]["label"] for m in batch})
+    kd = with_kd.objective.kd_loss(logits, {m: batch[m]["label"] for m in batch})
     assert float(kd) > 0
     difference = with_kd.training_step(batch, 0) - without.training_step(batch, 0)
     torch.testing.assert_close(difference, 0.5 * kd)
@@ -279,14 +281,14 @@ def test_skip_mode_skips_only_the_non_finite_step(monkeypatch: pytest.MonkeyPatc
     module = _module(non_finite_loss="skip")
     before = {k: v.clone() for k, v in module.state_dict().items()}
     calls = {"n": 0}
-    original = module.seg_loss.forward
+    original = module.objective.seg_loss.forward
 
     def flaky(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         calls["n"] += 1
         loss = original(logits, labels)
         return loss * float("inf") if calls["n"] == 3 else loss  # step 2, first modality
 
-    monkeypatch.setattr(module.seg_loss, "forward", flaky)
+    monkeypatch.setattr(module.objective.seg_loss, "forward", flaky)
     batches = [_batch(seed=s) for s in range(3)]
     trainer = pl.Trainer(
         accelerator="cpu",

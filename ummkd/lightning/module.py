@@ -20,7 +20,7 @@ from torchmetrics import MaxMetric
 
 from ummkd.evaluation.inference import slicewise_predict, sliding_window_predict
 from ummkd.evaluation.metrics import case_metrics, summarize_cases
-from ummkd.losses import ModalityDistillationLoss, SegmentationLoss
+from ummkd.losses import ModalityDistillationLoss, SegmentationLoss, UnpairedObjective
 from ummkd.nn import (
     DilatedResNet2d,
     ModalityNorm,
@@ -159,13 +159,15 @@ class UMMKDModule(pl.LightningModule):
         self.network = network
         self.inference_divisible = inference_divisible or required_divisor(network)
         self._forward_net: nn.Module = torch.compile(network) if compile else network
-        self.seg_loss = SegmentationLoss(kind=seg_loss, num_classes=num_classes)
-        self.kd_loss = ModalityDistillationLoss(
-            temperature=kd_temperature,
-            absent_classes=kd_absent_classes,
-            sync="auto" if kd_sync else False,
+        self.objective = UnpairedObjective(
+            SegmentationLoss(kind=seg_loss, num_classes=num_classes),
+            ModalityDistillationLoss(
+                temperature=kd_temperature,
+                absent_classes=kd_absent_classes,
+                sync="auto" if kd_sync else False,
+            ),
+            kd_weight=kd_weight,
         )
-        self.kd_weight = kd_weight
         self.non_finite_loss = non_finite_loss
         self.skipped_steps = 0
         self.weight_decay = weight_decay
@@ -216,34 +218,22 @@ class UMMKDModule(pl.LightningModule):
         )
 
     # ------------------------------------------------------------------ training
+    @property
+    def kd_loss(self) -> ModalityDistillationLoss:
+        """The objective's distillation loss (its last class distributions are logged)."""
+        return self.objective.kd_loss
+
     def training_step(
         self, batch: Mapping[str, Mapping[str, Tensor]], batch_idx: int
     ) -> Tensor | None:
-        """One unpaired step: every modality forwarded with its own norms, one loss."""
-        logits: dict[str, Tensor] = {}
-        labels: dict[str, Tensor] = {}
-        total = torch.zeros((), device=self.device)
-        batch_size = 0
-        terms: dict[str, Tensor] = {}
-        log_terms = self._logger_records_this_step()
-        for m in self.modalities:
-            if m not in batch or batch[m] is None:
-                raise RuntimeError(f"training batch has no {m!r} samples (keys: {list(batch)})")
-            image, label = batch[m]["image"], batch[m]["label"]
-            logits[m] = self(image, m)
-            labels[m] = label
-            seg = self.seg_loss(logits[m], label)
-            if log_terms:
-                self.log(f"train/seg_{m}", seg, batch_size=image.shape[0])
-            terms[f"seg_{m}"] = seg
-            total = total + seg
-            batch_size += image.shape[0]
-        if self.kd_weight > 0 and len(self.modalities) > 1:
-            kd = self.kd_loss(logits, labels)
-            terms["kd"] = kd
-            total = total + self.kd_weight * kd
-            if log_terms:
-                self.log("train/kd", kd, batch_size=batch_size)
+        """One unpaired step: the objective over every modality, logged; non-finite policy."""
+        total, terms, logits = self.objective(self, batch, self.modalities)
+        batch_size = sum(batch[m]["image"].shape[0] for m in self.modalities)
+        if self._logger_records_this_step():
+            for m in self.modalities:
+                self.log(f"train/seg_{m}", terms[f"seg_{m}"], batch_size=batch[m]["image"].shape[0])
+            if "kd" in terms:
+                self.log("train/kd", terms["kd"], batch_size=batch_size)
         if not torch.isfinite(total):
             message = self._non_finite_message(batch, batch_idx, logits, terms)
             if self.non_finite_loss != "skip":

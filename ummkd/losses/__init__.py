@@ -1,4 +1,4 @@
-"""Losses of the method: per-modality segmentation loss and cross-modality distillation loss."""
+"""Losses of the method: per-modality segmentation, cross-modality distillation, objective."""
 
 from ummkd.losses.distillation import (
     KD_COUNT_EPS,
@@ -9,6 +9,7 @@ from ummkd.losses.distillation import (
     class_prediction_distributions,
     symmetric_kl,
 )
+from ummkd.losses.objective import ObjectiveOutput, Predict, UnpairedObjective
 from ummkd.losses.segmentation import (
     SegmentationLoss,
     SegmentationLossComponents,
@@ -22,8 +23,11 @@ __all__ = [
     "KD_COUNT_EPS",
     "ClassDistributions",
     "ModalityDistillationLoss",
+    "ObjectiveOutput",
+    "Predict",
     "SegmentationLoss",
     "SegmentationLossComponents",
+    "UnpairedObjective",
     "class_frequency_weights",
     "class_log_distributions",
     "class_logit_sums",

@@ -61,14 +61,8 @@ def class_logit_sums(logits: Tensor, labels: Tensor, num_classes: int) -> tuple[
 
     These are the quantities to all-reduce across processes: summing them over ranks gives the
     statistics of the concatenated batch. They are computed as the float32 product
-    ``onehot(labels)^T @ logits`` of two (N x C) matrices (N = all voxels of the batch): no Python
-    loop and no atomics, so the result is bitwise deterministic and fast on GPUs, also under
-    ``torch.use_deterministic_algorithms(True)`` (which, as for any cuBLAS product, needs
-    ``CUBLAS_WORKSPACE_CONFIG``; Lightning's ``deterministic=True`` sets it). ``index_add`` would
-    fall back to a sort there, over 20x slower. With reduced-precision float32 matmuls
-    (``torch.set_float32_matmul_precision("high")`` or ``"medium"``) float32 logits are rounded
-    inside the product; the rounding averages out in the class means (relative change of the loss
-    about 4e-5 for logits of magnitude 1e4), and bf16 logits are not affected.
+    ``onehot(labels)^T @ logits`` of two (N x C) matrices (N = all voxels of the batch); why a
+    product and what reduced-precision matmuls do to it: ``docs/method.md``, section 4.
 
     Args:
         logits: Shape (B, C, *spatial), any float dtype (summed in float32).

@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from PIL import Image
 
 from ummkd.data.importers.common import (
@@ -50,6 +49,7 @@ from ummkd.data.importers.common import (
     Split,
     add_output_arguments,
     natural_key,
+    require,
     sanitize_case_id,
     seeded_split,
 )
@@ -106,6 +106,7 @@ def find_patients(src: Path) -> list[Path]:
 
 def _read_slice(path: Path) -> _DicomSlice:
     """Read one DICOM file's pixels (modality LUT applied) and geometry tags."""
+    pydicom = require("pydicom")
     try:
         ds = pydicom.dcmread(path)
         pixels = ds.pixel_array

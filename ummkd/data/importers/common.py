@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import logging
 import math
@@ -38,7 +39,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import Any
 
 import nibabel as nib
@@ -80,6 +81,21 @@ _MODALITY = re.compile(r"^[a-z][a-z0-9_]*$")
 
 class DatasetImportError(RuntimeError):
     """An import cannot go on; the message names the file, what is wrong and what to do."""
+
+
+def require(module: str) -> ModuleType:
+    """Import a library that only the importers use (the ``ummkd[import]`` extra).
+
+    Raises:
+        DatasetImportError: If it is not installed, naming the extra to install.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        package = module.split(".")[0]
+        raise DatasetImportError(
+            f"this importer needs {package}: pip install 'ummkd[import]' ({exc})"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -178,8 +194,7 @@ def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_with_simpleitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read a non-NIfTI image with SimpleITK and convert its LPS geometry to a RAS affine."""
-    import SimpleITK  # imported here: only DICOM/MHD/NRRD sources need it, and it loads slowly
-
+    SimpleITK = require("SimpleITK")  # only DICOM/MHD/NRRD sources need it; it loads slowly
     return simpleitk_to_ras(SimpleITK.ReadImage(str(path)), path)
 
 
@@ -189,8 +204,7 @@ def simpleitk_to_ras(image: Any, path: Path) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         DatasetImportError: if the image is not scalar (``path`` names it).
     """
-    import SimpleITK
-
+    SimpleITK = require("SimpleITK")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise DatasetImportError(
             f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per pixel; "

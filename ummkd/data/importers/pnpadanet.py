@@ -38,6 +38,7 @@ from ummkd.data.importers.common import (
     add_output_arguments,
     natural_key,
     remap_labels,
+    require,
     sanitize_case_id,
     seeded_split,
 )
@@ -89,9 +90,8 @@ def read_records(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     Raises:
         DatasetImportError: If the file is not a readable TFRecord file of this layout.
     """
-    # Imported here: the tfrecord package imports torch on import, which the CLI avoids until
-    # it is needed.
-    from tfrecord.reader import tfrecord_loader
+    # imported here: the tfrecord package imports torch, which the CLI avoids until it is needed
+    tfrecord_loader = require("tfrecord.reader").tfrecord_loader
 
     try:
         records = list(tfrecord_loader(str(path), None, FEATURES))
