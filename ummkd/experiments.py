@@ -27,7 +27,7 @@ exact commands and the git commit.
 Examples::
 
     ummkd reproduce --scale cpu --seeds 0
-    ummkd reproduce --scale cpu --seeds 0 1 2 --restore results/abdominal_2d_cpu.json
+    ummkd reproduce --scale cpu --folds 5 --variants ummkd separate_norm joint single_mr single_ct
     ummkd reproduce --scale full --seeds 0 1 2 --trainer-config configs/trainer/gpu.yaml
 """
 
