@@ -61,6 +61,10 @@ warnings.filterwarnings(
 )
 
 
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+"""Axis labels of nibabel's RAS+ world (MONAI's default, given explicitly)."""
+
+
 @dataclass
 class AugmentationConfig:
     """Random augmentation of training samples (applied independently per modality).
@@ -200,7 +204,7 @@ def deterministic_transforms(
         EnsureChannelFirstd(keys),
     ]
     if orientation:
-        steps.append(Orientationd(keys, axcodes=orientation))
+        steps.append(Orientationd(keys, axcodes=orientation, labels=RAS_LABELS))
     if spacing is not None:
         modes = ["bilinear", "nearest"] if with_label else ["bilinear"]
         steps.append(Spacingd(keys, pixdim=tuple(spacing), mode=modes))
