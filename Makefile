@@ -47,8 +47,10 @@ sweep-dry-run: $(STAMP) ## Render + parse 3 sampled commands of each sweep file 
 
 SEEDS ?= 0
 SCALE ?= cpu
-reproduce: $(STAMP) ## Paper comparison on the real abdominal data (7 variants; SEEDS="0 1 2", SCALE=cpu|full)
-	$(BIN)/ummkd reproduce --scale $(SCALE) --seeds $(SEEDS)
+FOLDS ?= 5
+VARIANTS ?= ummkd separate_norm joint single_mr single_ct
+reproduce: $(STAMP) ## Cross-validated comparison on the real abdominal data (FOLDS=5, SEEDS="0", SCALE=cpu|gpu-short|full)
+	$(BIN)/ummkd reproduce --scale $(SCALE) --folds $(FOLDS) --seeds $(SEEDS) --variants $(VARIANTS)
 
 # where make bench appends its results; BENCH_DOC= only prints them
 BENCH_DOC ?= docs/performance.md
