@@ -47,6 +47,8 @@ from typing import Any
 
 import yaml
 
+from ummkd.errors import UsageError
+
 #: Top-level keys of W&B's sweep schema (plus the CLI's ``settings``/``scheduler``).
 TOP_LEVEL_KEYS = frozenset(
     {
@@ -116,7 +118,7 @@ _POSITIVE_MIN = {"log_uniform_values", "q_log_uniform_values", "inv_log_uniform_
 _GRID_DISTRIBUTIONS = {"constant", "categorical", "int_uniform", "q_uniform"}
 
 
-class SweepError(ValueError):
+class SweepError(UsageError):
     """A problem in a sweep definition."""
 
 
