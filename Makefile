@@ -39,7 +39,7 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 	$(BIN)/ruff format .
 
 demo: $(STAMP) ## Train + test the method on generated CT/MR phantoms (CPU, a few minutes)
-	$(BIN)/ummkd fit --config configs/demo.yaml
+	$(BIN)/ummkd fit --config configs/demo.yaml --data.synthetic.generate=true
 	$(BIN)/ummkd test --config configs/demo.yaml --ckpt_path best --verbose false
 
 sweep-dry-run: $(STAMP) ## Render + parse 3 sampled commands of each sweep file (no training)

@@ -174,7 +174,7 @@ def bench_loader(workdir: Path, batches: int = 60) -> dict[str, Any]:
 
     dm = UnpairedDataModule(
         root=str(workdir / "synthetic"),
-        synthetic=SyntheticOptions(),
+        synthetic=SyntheticOptions(generate=True),
         patch_size=[96, 96],
         batch_size=8,
         steps_per_epoch=batches,

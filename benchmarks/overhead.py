@@ -112,7 +112,7 @@ def build_batches(
     """``distinct`` training batches (plain tensors on ``device``), drawn once, and the classes."""
     dm = UnpairedDataModule(
         root=root,
-        synthetic=SyntheticOptions(),
+        synthetic=SyntheticOptions(generate=True),
         modalities=list(MODALITIES),
         orientation="RAS",
         patch_size=[patch, patch],

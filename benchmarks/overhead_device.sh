@@ -14,7 +14,7 @@ ROOT=/tmp/ummkd-synthetic
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; lscpu | grep -E "Model name|^CPU\(s\)"; } \
   | tee "$OUT_DIR/machine.txt"
 # generate the phantoms once, before the two benchmarks start
-python3 -c "from ummkd.lightning.datamodule import SyntheticOptions, UnpairedDataModule as D; D(root='$ROOT', synthetic=SyntheticOptions(), check='shallow')"
+python3 -c "from ummkd.lightning.datamodule import SyntheticOptions, UnpairedDataModule as D; D(root='$ROOT', synthetic=SyntheticOptions(generate=True), check='shallow')"
 taskset -c 2,3 timeout 270 python3 benchmarks/overhead.py --root "$ROOT" --device cpu --threads 2 \
   --network demo --sections ratio fixed --steps 50 --warmup 10 --repeats 6 --json "$OUT_DIR/overhead_cpu.json" \
   > "$OUT_DIR/overhead_cpu.log" 2>&1 &

@@ -9,10 +9,16 @@ Examples::
     ummkd data check data/abdominal
     ummkd evaluate --pred preds/ --ref labels/
     ummkd sweep-dry-run configs/sweeps/kd_lr.yaml --count 3
+
+A user error (:class:`ummkd.errors.UMMKDError`, or a missing / existing file) ends in one line
+``ummkd <command>: error: ...`` on stderr and exit code 2 (1 for failed runs); ``--traceback``
+or ``UMMKD_DEBUG=1`` shows the full traceback instead. Any other exception is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import sys
@@ -25,8 +31,12 @@ from typing import Any
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from ummkd.errors import CheckpointError, UMMKDError, UsageError
 from ummkd.lightning.callbacks import NiftiPredictionWriter, ResultsReport, ValidationImages
+from ummkd.lightning.checkpoints import AtomicCheckpointIO, checkpoint_modalities, read_checkpoint
 from ummkd.lightning.datamodule import UnpairedDataModule
 from ummkd.lightning.module import UMMKDModule
 from ummkd.lightning.wandb import WandbSaveConfigCallback, bind_run_dir
@@ -42,6 +52,16 @@ _PLAIN_COMMANDS = {
 }
 _RUN_VERSION_ENV = "UMMKD_RUN_VERSION"
 _DEFAULT_ROOT = "runs/default"
+_DEBUG_ENV = "UMMKD_DEBUG"
+_TRACEBACK_FLAG = "--traceback"
+# Errors about the user's own files: reported in one line like UMMKDError.
+_FILE_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+)
 
 
 def run_version(*, new: bool = False) -> str:
@@ -84,8 +104,26 @@ class UMMKDCLI(LightningCLI):
             }
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then check a checkpoint file given by path before Lightning reads it.
+
+        Raises:
+            CheckpointError: The checkpoint is missing, truncated or not a checkpoint.
+        """
+        super().parse_arguments(parser, args)
+        sub = self.config.get("subcommand")
+        ckpt = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt and ckpt not in ("best", "last"):
+            read_checkpoint(ckpt)
+
     def before_instantiate_classes(self) -> None:
-        """Resolve ``--ckpt_path best|last`` to checkpoints below ``trainer.default_root_dir``."""
+        """Resolve ``--ckpt_path best|last`` (see :func:`find_checkpoint`) and check the file.
+
+        Raises:
+            UsageError: ``predict`` without ``--ckpt_path`` (the network would be untrained).
+            CheckpointError: The checkpoint is missing, truncated or not a checkpoint.
+        """
+        self._checkpoint_modalities: list[str] | None = None
         sub = self.config.get("subcommand")
         if sub is None:
             return
@@ -96,6 +134,52 @@ class UMMKDCLI(LightningCLI):
         elif ckpt == "last" and sub == "fit":
             found = find_checkpoint(cfg.trainer.default_root_dir, "last", missing_ok=True)
             cfg["ckpt_path"] = str(found) if found else None
+        if sub == "predict" and not cfg.get("ckpt_path"):
+            raise UsageError(
+                "predict needs --ckpt_path (a checkpoint file, or best / last of the latest run "
+                "below --trainer.default_root_dir); without it the network is untrained"
+            )
+        if cfg.get("ckpt_path"):
+            checkpoint = read_checkpoint(cfg["ckpt_path"])
+            self._checkpoint_modalities = checkpoint_modalities(checkpoint)
+
+    def _check_checkpoint_modalities(self) -> None:
+        """Refuse a checkpoint trained for other modalities than the data's (named in the error).
+
+        Raises:
+            CheckpointError: The checkpoint's modalities differ from the data's, or do not
+                include ``--data.predict_modality``.
+        """
+        trained = self._checkpoint_modalities
+        if trained is None:
+            return
+        sub = self.config["subcommand"]
+        path = self.config[sub]["ckpt_path"]
+        wanted = getattr(self.datamodule, "predict_modality", None)
+        if sub == "predict" and wanted not in trained:
+            raise CheckpointError(
+                f"{path}: this checkpoint has modalities {_listing(trained)}; "
+                f"--data.predict_modality {wanted} is not one of them"
+            )
+        modalities = list(getattr(self.datamodule, "modalities", trained))
+        if set(modalities) != set(trained):
+            raise CheckpointError(
+                f"{path}: this checkpoint has modalities {_listing(trained)} but the data gives "
+                f"{_listing(modalities)}; set --data.modalities {_listing(trained)} or use a "
+                "checkpoint trained for these modalities"
+            )
+
+    def before_fit(self) -> None:
+        """Check a resumed checkpoint against the data."""
+        self._check_checkpoint_modalities()
+
+    def before_validate(self) -> None:
+        """Check the checkpoint against the data."""
+        self._check_checkpoint_modalities()
+
+    def before_test(self) -> None:
+        """Check the checkpoint against the data."""
+        self._check_checkpoint_modalities()
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         """Default loggers (TensorBoard + CSV) share one run folder below ``default_root_dir``."""
@@ -109,6 +193,11 @@ class UMMKDCLI(LightningCLI):
             ]
         # A W&B logger (WandbRunLogger) without save_dir gets the same per-run folder.
         bind_run_dir(kwargs.get("logger", trainer_cfg.get("logger")), Path(root) / run_version())
+        # Checkpoints are written atomically unless a CheckpointIO plugin is configured.
+        plugins = trainer_cfg.get("plugins")
+        plugins = plugins if isinstance(plugins, list) else [] if plugins is None else [plugins]
+        if "plugins" not in kwargs and not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         if trainer_cfg.get("enable_progress_bar") is not False:
             self.trainer_defaults["callbacks"] = [
                 *self.trainer_defaults.get("callbacks", []),
@@ -117,30 +206,69 @@ class UMMKDCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def before_predict(self) -> None:
-        """Attach the NIfTI writer configured by ``--output``."""
+        """Check the checkpoint against the data; attach the NIfTI writer of ``--output``."""
+        self._check_checkpoint_modalities()
         cfg = self.config["predict"]
         if not cfg.get("output"):
-            raise ValueError("predict needs --output DIR (where the label maps are written)")
+            raise UsageError("predict needs --output DIR (where the label maps are written)")
         self.trainer.callbacks.append(
             NiftiPredictionWriter(cfg.output, cfg.overwrite, cfg.save_probabilities)
         )
 
 
+def _listing(names: Sequence[str]) -> str:
+    return f"[{', '.join(names)}]"
+
+
+def _run_folder(checkpoint: Path) -> Path:
+    """The run folder of a checkpoint (``RUN/checkpoints/x.ckpt`` or ``RUN/x.ckpt``)."""
+    folder = checkpoint.parent
+    return folder.parent if folder.name == "checkpoints" else folder
+
+
 def find_checkpoint(
     root: str | Path | None, which: str, *, missing_ok: bool = False
 ) -> Path | None:
-    """The newest ``last.ckpt`` or best checkpoint (``best*.ckpt``) below ``root``."""
+    """``last.ckpt`` or the best checkpoint (``best*.ckpt``) of one run below ``root``.
+
+    The run is the one whose newest such checkpoint is the newest below ``root`` (``root`` may
+    itself be a run folder); checkpoints of other runs are never chosen. A file of that run that
+    does not load is skipped with a warning; the chosen file is printed.
+
+    Args:
+        root: ``trainer.default_root_dir`` or one run folder.
+        which: ``"last"`` or ``"best"``.
+        missing_ok: Return ``None`` instead of raising when there is no such checkpoint.
+
+    Returns:
+        The checkpoint path, or ``None`` (``missing_ok``) when ``root`` holds none.
+
+    Raises:
+        CheckpointError: No such checkpoint below ``root``, or none of the latest run loads.
+    """
     base = Path(root or ".")
     pattern = "last.ckpt" if which == "last" else "best*.ckpt"
-    found = sorted(base.rglob(pattern), key=lambda p: p.stat().st_mtime)
+    found = sorted(base.rglob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
     if not found:
         if missing_ok:
             return None
-        raise FileNotFoundError(
-            f"--ckpt_path {which}: no {pattern} below {base.resolve()} "
-            "(set --trainer.default_root_dir to the run folder or give a checkpoint path)"
+        raise CheckpointError(
+            f"--ckpt_path {which}: no {pattern} below {base.resolve()}; set "
+            "--trainer.default_root_dir to the run folder or give a checkpoint path"
         )
-    return found[-1]
+    run = _run_folder(found[0])
+    for path in (p for p in found if _run_folder(p) == run):
+        try:
+            read_checkpoint(path)
+        except CheckpointError as error:
+            rank_zero_warn(f"--ckpt_path {which}: skipping {error}")
+            continue
+        rank_zero_info(f"[ummkd] --ckpt_path {which}: {path}")
+        return path
+    raise CheckpointError(
+        f"--ckpt_path {which}: no {pattern} of the latest run {run} loads (see the warnings); "
+        "give a checkpoint path"
+    )
 
 
 def _trainer_defaults() -> dict[str, Any]:
@@ -164,9 +292,52 @@ def _trainer_defaults() -> dict[str, Any]:
     }
 
 
+def user_error(error: BaseException) -> BaseException | None:
+    """The user error (:class:`UMMKDError`, a usage or a file error) behind ``error``, if any.
+
+    Follows ``__cause__`` / ``__context__``, as jsonargparse and Lightning may wrap the error
+    raised by a component.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (UMMKDError, argparse.ArgumentError, *_FILE_ERRORS)):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of the ``ummkd`` console script (returns None; exits non-zero on errors)."""
+    """Entry point of the ``ummkd`` console script (returns None; exits non-zero on errors).
+
+    User errors (see :func:`user_error`) print ``ummkd <command>: error: <message>`` on stderr
+    and exit with code 2 (input errors) or 1 (failed runs); with ``--traceback`` or
+    ``UMMKD_DEBUG=1`` they are raised with their traceback, like every other exception.
+    """
     argv = list(sys.argv[1:] if args is None else args)
+    debug = _TRACEBACK_FLAG in argv or os.environ.get(_DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != _TRACEBACK_FLAG]
+    if args is None:  # DDP workers re-run sys.argv: they get the flag from the environment
+        sys.argv[1:] = argv
+        if debug:
+            os.environ[_DEBUG_ENV] = "1"
+    command = " ".join(["ummkd", *[a for a in argv if not a.startswith("-")][:1]])
+    try:
+        _run(argv, from_sys_argv=args is None)
+    except Exception as error:
+        found = None if debug else user_error(error)
+        if found is None:
+            raise
+        message = str(found) or type(found).__name__
+        if isinstance(found, argparse.ArgumentError):
+            message = f"{' '.join(message.split())}; see `{command} --help`"
+        print(f"{command}: error: {message}", file=sys.stderr)
+        raise SystemExit(getattr(found, "exit_code", 2)) from None
+
+
+def _run(argv: list[str], *, from_sys_argv: bool) -> None:
+    """Run one ``ummkd`` command (``argv``: the arguments, also in ``sys.argv`` if so said)."""
     if argv and argv[0] in _PLAIN_COMMANDS:
         command = importlib.import_module(_PLAIN_COMMANDS[argv[0]])
         code = command.main(argv[1:])
@@ -183,11 +354,12 @@ def main(args: Sequence[str] | None = None) -> None:
     UMMKDCLI(
         UMMKDModule,
         UnpairedDataModule,
-        args=None if args is None else argv,
+        args=None if from_sys_argv else argv,
         trainer_defaults=_trainer_defaults(),
         save_config_callback=WandbSaveConfigCallback,
         save_config_kwargs={"overwrite": False},
         auto_configure_optimizers=False,
+        parser_kwargs={"exit_on_error": False},
     )
 
 

@@ -55,6 +55,7 @@ import torch
 from ummkd.data.cross_validation import cross_validation_splits, describe_splits
 from ummkd.data.dataset_spec import DatasetSpecError, load_dataset
 from ummkd.data.io import atomic_write_bytes, write_json, write_text_atomic
+from ummkd.errors import RunError
 from ummkd.evaluation.comparison import (
     comparison_markdown,
     paired_comparisons,
@@ -81,7 +82,7 @@ RECORD = "record.json"
 _BEST_DICE = re.compile(r"dice(\d+\.\d+)")
 
 
-class ReproduceError(Exception):
+class ReproduceError(RunError):
     """A user-facing problem (printed, exit code 1)."""
 
 

@@ -36,6 +36,7 @@ import ummkd
 from ummkd.data.dataset_spec import Case, DatasetSpecError
 from ummkd.data.io import make_temporary_dir, write_json, write_text_atomic
 from ummkd.data.transforms import ModalityPreprocessing, invert_to_input_space
+from ummkd.errors import UsageError
 
 FORMAT = "ummkd-model/1"
 METADATA = Path("configs/metadata.json")
@@ -44,7 +45,7 @@ WEIGHTS = Path("models/model.pt")
 README = Path("docs/README.md")
 
 
-class PackageError(Exception):
+class PackageError(UsageError):
     """A model package cannot be written or read (the message names the file)."""
 
 

@@ -25,6 +25,7 @@ import torch
 
 from ummkd.data.io import NIFTI_SUFFIXES, save_nifti, strip_nifti_suffix
 from ummkd.data.transforms import invert_to_input_space, prediction_transforms
+from ummkd.errors import UsageError
 from ummkd.model_package import (
     ModelPackage,
     PackageError,
@@ -34,7 +35,7 @@ from ummkd.model_package import (
 )
 
 
-class SegmentError(Exception):
+class SegmentError(UsageError):
     """Bad input to ``ummkd segment`` (the message names the file or option)."""
 
 

@@ -47,6 +47,8 @@ from typing import Any
 
 import yaml
 
+from ummkd.errors import UsageError
+
 METHODS = ("grid", "random", "bayes")
 #: Metrics the module logs that a sweep can maximize (``val/dice_<modality>`` besides these).
 LOGGED_METRICS = ("val/dice_best", "val/dice")
@@ -73,7 +75,7 @@ _EXPONENT_BOUNDS = {
 }
 
 
-class SweepError(ValueError):
+class SweepError(UsageError):
     """A problem in a sweep definition."""
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -99,7 +100,17 @@ def _oblique_lps_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
     return affine
 
 
-def test_predict_round_trip_keeps_geometry(trained_run: Path, tiny_dataset: Path, tmp_path: Path):
+def _refused(args: list[str], capsys: pytest.CaptureFixture[str], match: str) -> None:
+    """``main(args)`` exits with code 2 and one error line matching ``match`` on stderr."""
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    assert re.search(match, capsys.readouterr().err)
+
+
+def test_predict_round_trip_keeps_geometry(
+    trained_run: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     affine = _oblique_lps_image(inputs / "case_a.nii.gz", (45, 50, 9))
@@ -128,12 +139,14 @@ def test_predict_round_trip_keeps_geometry(trained_run: Path, tiny_dataset: Path
     probs = nib.load(out / "case_a_probs.nii.gz")
     assert probs.shape == (45, 50, 9, 5)
     # an existing output is never replaced without --overwrite
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        main(args)
+    _refused(args, capsys, "exists; pass --overwrite")
     main([*args, "--overwrite=true"])
     # predictions may not be written next to the inputs
-    with pytest.raises(ValueError, match="holds the input"):
-        main([a if not a.startswith("--output=") else f"--output={inputs}" for a in args])
+    _refused(
+        [a if not a.startswith("--output=") else f"--output={inputs}" for a in args],
+        capsys,
+        "holds the input",
+    )
 
 
 def _predict_args(run_dir: Path, root: Path, inputs: Path, out: Path, *extra: str) -> list[str]:
@@ -389,9 +402,10 @@ def test_gpu_profile_runs_bf16_on_cpu(tiny_dataset: Path, tmp_path: Path) -> Non
     )
 
 
-def test_bad_modality_is_a_clear_error(tiny_dataset: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="modalities"):
-        main(_fit_args(tiny_dataset, tmp_path, "--data.modalities=[ct,pet]"))
+def test_bad_modality_is_a_clear_error(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _refused(_fit_args(tiny_dataset, tmp_path, "--data.modalities=[ct,pet]"), capsys, "pet")
 
 
 def test_validation_images_and_kd_heatmaps_are_logged(trained_run: Path) -> None:

@@ -4,8 +4,10 @@
 code (it never calls ``sys.exit``):
 
 * ``ummkd data check ROOT [--format F] [--modality M] [--dim 2|3] [--shallow]`` prints the
-  per-modality summary, one line per problem and one warning per CT image that does not look
-  like Hounsfield units; exit code 1 when there are problems.
+  per-modality summary, one line per problem and the warnings (a CT image that does not look
+  like Hounsfield units, files outside the dataset folder, slices of one patient in several
+  split parts, classes a modality never has: see
+  :func:`~ummkd.data.dataset_spec.dataset_warnings`); exit code 1 when there are problems.
 * ``ummkd data synth --out DIR [--n-ct N --n-mr N --size X Y Z --seed S --dim D --overwrite]``
   writes the synthetic phantom dataset.
 * ``ummkd data import KIND ...`` runs an importer of :data:`ummkd.data.importers.IMPORTERS`,
@@ -31,6 +33,7 @@ from ummkd.data.dataset_spec import (
     DatasetSpec,
     DatasetSpecError,
     Problem,
+    dataset_warnings,
     load_dataset,
     summarize_dataset,
     validate_dataset,
@@ -67,7 +70,7 @@ def _print_line(console: Console, text: str) -> None:
 
 
 def _error(message: str) -> int:
-    _print_line(_console(stderr=True), f"error: {message}")
+    _print_line(_console(stderr=True), f"ummkd data: error: {message}")
     return 1
 
 
@@ -99,7 +102,7 @@ def _check(args: argparse.Namespace) -> int:
         return _error(str(err))
     deep = not args.shallow
     problems = validate_dataset(spec, deep=deep, expected_dim=args.dim)
-    warnings = ct_unit_warnings(spec) if deep else []
+    warnings = dataset_warnings(spec, deep=deep) + (ct_unit_warnings(spec) if deep else [])
     return _report(spec, problems, deep=deep, warnings=warnings)
 
 
@@ -161,7 +164,7 @@ def _import(args: argparse.Namespace) -> int:
         spec = load_dataset(root)
     except DatasetSpecError as err:
         return _error(f"the importer wrote an invalid dataset description: {err}")
-    return _report(spec, validate_dataset(spec))
+    return _report(spec, validate_dataset(spec), warnings=dataset_warnings(spec))
 
 
 def _load_importers() -> Mapping[str, Importer]:

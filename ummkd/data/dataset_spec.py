@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -45,6 +46,7 @@ from nibabel.filebasedimages import ImageFileError
 from rich.table import Table
 
 from ummkd.data.io import write_json
+from ummkd.errors import DataError
 
 __all__ = [
     "DATASET_JSON",
@@ -60,6 +62,7 @@ __all__ = [
     "Problem",
     "Splits",
     "check_dataset",
+    "dataset_warnings",
     "load_dataset",
     "read_splits",
     "remap_labels",
@@ -85,10 +88,13 @@ _FOLD_KEYS = {"train", "val", "test"}
 _READ_ERRORS = (ImageFileError, OSError, EOFError, ValueError, zlib.error)
 _MR_CHANNEL_NAMES = ("mr", "mri", "t1", "t1w", "t2", "t2w", "flair", "adc", "dwi")
 _AFFINE_RTOL = 1e-3
+_SPACING_RANGE_MM = (0.01, 50.0)
+# "<patient with a digit>_<slice number>": ids that look like slices of one patient.
+_SLICE_ID = re.compile(r"^(.*\d.*?)[_-](\d+)$")
 _MAX_LISTED = 8
 
 
-class DatasetSpecError(ValueError):
+class DatasetSpecError(DataError):
     """A dataset description (``dataset.json``, splits file or datalist) is missing or malformed."""
 
 
@@ -108,7 +114,7 @@ class Problem:
         return f"{self.path}: {self.message}"
 
 
-class DatasetValidationError(ValueError):
+class DatasetValidationError(DataError):
     """Raised by :func:`check_dataset` when the dataset has problems; lists all of them.
 
     Attributes:
@@ -945,17 +951,50 @@ def _value_counts(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_image(path: Path, role: str, case: Case) -> tuple[Any, Problem | None]:
-    """Load header and data; return the image or a problem saying why it cannot be read."""
+    """Load header and data; return the image or a problem saying why it cannot be used.
+
+    An image (``role == "image"``) with NaN or infinite voxels is returned with that problem.
+    """
     try:
         image = nib.load(path)
-        np.asanyarray(image.dataobj)
+        data = np.asanyarray(image.dataobj)
     except _READ_ERRORS as err:
         return None, Problem(
             path,
             f"cannot read the {role} of case {case.id!r} ({type(err).__name__}: {err}); the file "
             "is corrupt, truncated or not an image nibabel can read: re-export or re-download it",
         )
+    if role == "image" and np.issubdtype(data.dtype, np.floating):
+        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        if bad:
+            return image, Problem(
+                path,
+                f"{bad} NaN or infinite voxel(s) in the image of case {case.id!r}; fix or "
+                "re-export the image (replace them by a background value)",
+            )
     return image, None
+
+
+def _check_spacing(case: Case, image: Any) -> list[Problem]:
+    """Voxel spacing (from the affine and the header) must be positive and plausible in mm."""
+    shape = _spatial_shape(image.shape)[:3]
+    spacing = np.linalg.norm(np.asarray(image.affine)[:3, :3], axis=0)
+    zooms = image.header.get_zooms()[:3]
+    lo, hi = _SPACING_RANGE_MM
+    bad = [
+        float(min(s, z))
+        for n, s, z in zip(shape, spacing, zooms, strict=False)
+        if n > 1 and not lo <= min(s, z) <= hi
+    ]
+    if not bad:
+        return []
+    return [
+        Problem(
+            case.image,
+            f"voxel spacing {_fmt_values([round(v, 6) for v in bad])} mm of case {case.id!r} is "
+            f"zero, negative or outside {lo}..{hi} mm; fix the image header (pixdim / affine)",
+        )
+    ]
 
 
 def _check_geometry(case: Case, image: Any, label: Any) -> list[Problem]:
@@ -1142,6 +1181,7 @@ def validate_dataset(
         if image is None:
             continue
         problems.extend(_check_dim(case, image, expected))
+        problems.extend(_check_spacing(case, image))
         if label is None:
             continue
         problems.extend(_check_geometry(case, image, label))
@@ -1151,6 +1191,8 @@ def validate_dataset(
         seen_values[case.modality] |= present
         labels_read[case.modality] += 1
     for name, modality in spec.modalities.items():
+        if labels_read[name]:
+            problems.extend(_check_foreground(spec, modality, seen_values[name], labels_read[name]))
         if modality.label_map is None or not labels_read[name]:
             continue
         never = sorted(set(modality.label_map) - seen_values[name])
@@ -1163,6 +1205,113 @@ def validate_dataset(
                 )
             )
     return problems
+
+
+def _check_foreground(
+    spec: DatasetSpec, modality: ModalitySpec, present: set[int], files: int
+) -> list[Problem]:
+    """A modality whose labels hold no foreground (as stored, or after its label_map)."""
+    source = spec.source or spec.root / DATASET_JSON
+    label_map = modality.label_map
+    if not present - {0}:
+        return [
+            Problem(
+                source,
+                f"modality {modality.name!r}: all {files} label file(s) are background only; "
+                "training on them teaches nothing (Dice 0): check the label files",
+            )
+        ]
+    if label_map is not None and not any(label_map.get(v, 0) for v in present):
+        return [
+            Problem(
+                source,
+                f"modality {modality.name!r}: the label_map maps every label value present "
+                f"{_fmt_values(sorted(present))} to background; fix the label_map",
+            )
+        ]
+    return []
+
+
+def dataset_warnings(spec: DatasetSpec, *, deep: bool = True) -> list[str]:
+    """Things that are allowed but probably not meant; one line each, naming the file.
+
+    * a case file outside the dataset folder (``..``, an absolute path or a symlink leading
+      out): allowed, but the dataset is then not self-contained;
+    * case ids that look like slices of one patient (``<patient>_<slice>``) with slices of one
+      patient in two parts of a split (train / val / test): the split should be by patient;
+    * (``deep``) a shared class that no label of a modality holds after its label_map.
+
+    Args:
+        spec: The dataset.
+        deep: Also read the label files (cached) for the class check.
+
+    Returns:
+        The warnings (empty when there is nothing to say).
+    """
+    warnings: list[str] = []
+    root = spec.root.resolve()
+    for case in spec.cases:
+        for role, path in (("image", case.image), ("label", case.label)):
+            if path is not None and not path.resolve().is_relative_to(root):
+                warnings.append(
+                    f"{path}: the {role} of case {case.id!r} lies outside the dataset folder "
+                    f"{spec.root} (resolves to {path.resolve()}); allowed, but the dataset is "
+                    "not self-contained"
+                )
+    warnings.extend(_slice_split_warnings(spec))
+    if deep:
+        warnings.extend(_missing_class_warnings(spec))
+    return warnings
+
+
+def _slice_split_warnings(spec: DatasetSpec) -> list[str]:
+    if spec.splits is None:
+        return []
+    source = spec.splits.source or spec.source or spec.root / DATASET_JSON
+    warnings = []
+    for k, fold in enumerate(spec.splits.folds):
+        parts = {"train": fold.train, "val": fold.val, "test": spec.splits.test_of(k)}
+        where: dict[str, dict[str, str]] = {}
+        for part, ids in parts.items():
+            for case_id in ids:
+                match = _SLICE_ID.match(case_id)
+                if match:
+                    where.setdefault(match.group(1), {}).setdefault(part, case_id)
+        mixed = {group: seen for group, seen in where.items() if len(seen) > 1}
+        if mixed:
+            group, seen = next(iter(mixed.items()))
+            example = " and ".join(f"{case_id} in {part}" for part, case_id in seen.items())
+            warnings.append(
+                f"{source}: fold {k}: case ids look like slices of one patient and "
+                f"{len(mixed)} patient(s) are in several parts (e.g. {group}: {example}); split "
+                "by patient (`ummkd data import pairs --group-regex`)"
+            )
+    return warnings
+
+
+def _missing_class_warnings(spec: DatasetSpec) -> list[str]:
+    warnings = []
+    source = spec.source or spec.root / DATASET_JSON
+    for name, modality in spec.modalities.items():
+        present: set[int] = set()
+        labels = [c.label for c in spec.cases if c.modality == name and c.label is not None]
+        for label in labels:
+            try:
+                values, _ = _value_counts(label)
+            except _READ_ERRORS:  # reported by validate_dataset
+                continue
+            present |= {int(v) for v in values if v == np.rint(v)}
+        if not present - {0}:
+            continue  # reported as a problem by validate_dataset
+        label_map = modality.label_map
+        shared = {label_map.get(v, 0) for v in present} if label_map is not None else present
+        missing = [n for n, i in spec.labels.items() if i > 0 and i not in shared]
+        if missing:
+            warnings.append(
+                f"{source}: modality {name!r}: class(es) {_fmt_values(missing)} occur in none "
+                f"of its {len(labels)} label file(s) (after its label_map); check the label_map"
+            )
+    return warnings
 
 
 def check_dataset(spec: DatasetSpec, *, deep: bool = True, expected_dim: int | None = None) -> None:

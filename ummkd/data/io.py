@@ -3,9 +3,9 @@
 Each file is written to a temporary file in the target's folder, then renamed onto the target
 with :func:`os.replace`. A reader sees the old file or the new one, never a partial one, and a
 process interrupted while writing leaves the old file as it was (the data are not fsync'ed, so
-this does not cover a power loss). Files and folders get the permissions of normally created
-ones (``0o666`` / ``0o777`` minus the current umask), not the ``0o600`` / ``0o700`` of
-:mod:`tempfile`.
+this does not cover a power loss, except with :func:`atomic_write`, used for checkpoints).
+Files and folders get the permissions of normally created ones (``0o666`` / ``0o777`` minus the
+current umask), not the ``0o600`` / ``0o700`` of :mod:`tempfile`.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import nibabel as nib
 import numpy as np
 
 __all__ = [
     "NIFTI_SUFFIXES",
+    "atomic_write",
     "atomic_write_bytes",
     "make_temporary_dir",
     "save_nifti",
@@ -82,6 +83,22 @@ def make_temporary_dir(parent: str | os.PathLike[str], prefix: str) -> Path:
             return candidate
         except FileExistsError:
             continue
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """Open a new file beside ``path`` for writing; once written and fsynced it replaces ``path``.
+
+    Until then ``path`` keeps its previous content; if the body raises, the temporary file is
+    removed and ``path`` is left untouched. The folder of ``path`` must exist.
+
+    Yields:
+        The binary handle to write to.
+    """
+    with _replacing(Path(path)) as tmp_name, open(tmp_name, "wb") as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

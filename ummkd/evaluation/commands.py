@@ -24,6 +24,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import track
 
+from ummkd.errors import UMMKDError
 from ummkd.evaluation.metrics import case_metrics, summarize_cases
 from ummkd.evaluation.report import DEFAULT_TITLE, results_table, write_report
 
@@ -33,7 +34,7 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _LISTED = 20  # file names listed in an error message before "and N more"
 
 
-class EvaluationError(Exception):
+class EvaluationError(UMMKDError):
     """A user-facing problem with the inputs of ``ummkd evaluate`` (printed, exit code 1)."""
 
 

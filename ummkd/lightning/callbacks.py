@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 
 from ummkd.data.io import save_nifti
+from ummkd.errors import UsageError
 from ummkd.evaluation.report import results_table, write_report
 
 
@@ -40,11 +41,25 @@ class NiftiPredictionWriter(BasePredictionWriter):
         self.save_probabilities = save_probabilities
 
     def check_inputs(self, inputs: Sequence[str | Path]) -> None:
-        """Refuse unsafe output locations before any work is done."""
+        """Refuse unsafe outputs before any work is done.
+
+        Raises:
+            UsageError: The output folder holds an input, or two inputs share a file name (their
+                predictions would be written to one file).
+            FileExistsError: A prediction file exists and ``overwrite`` is not set.
+        """
+        by_name: dict[str, Path] = {}
         for path in inputs:
             src = Path(path).resolve()
+            if src.name in by_name and by_name[src.name] != src:
+                raise UsageError(
+                    f"inputs {by_name[src.name]} and {src} have the same file name, so their "
+                    f"predictions would both be {self.output_dir / src.name}; predict them into "
+                    "separate --output folders"
+                )
+            by_name[src.name] = src
             if src.parent == self.output_dir:
-                raise ValueError(
+                raise UsageError(
                     f"output folder {self.output_dir} holds the input {src}; choose another "
                     "--output so predictions cannot replace inputs."
                 )

@@ -41,14 +41,19 @@ from ummkd.data.transforms import (
     prediction_transforms,
     random_transforms,
 )
+from ummkd.errors import DataError, UsageError
 from ummkd.evaluation.commands import load_label_map
+
+CACHE_DIR_ENV = "UMMKD_CACHE_DIR"
 
 
 @dataclass
 class SyntheticOptions:
-    """How to generate the synthetic phantom dataset when ``root`` does not exist yet.
+    """Whether and how to generate the synthetic phantom dataset into a ``root`` that is absent.
 
     Attributes:
+        generate: Generate the phantoms when ``root`` does not exist at all (off by default,
+            so a mistyped ``--data.root`` is an error, not a new dataset).
         n_ct: Number of CT-like cases.
         n_mr: Number of MR-like cases.
         size: Volume size in voxels.
@@ -56,6 +61,7 @@ class SyntheticOptions:
         dim: 3 for volumes, 2 for single slices.
     """
 
+    generate: bool = False
     n_ct: int = 16
     n_mr: int = 10
     size: tuple[int, int, int] = (96, 96, 32)
@@ -212,8 +218,9 @@ class UnpairedDataModule(pl.LightningDataModule):
             intensity jitter for MR); a modality listed here with ``null`` gets none.
         cache: ``"memory"`` (CacheDataset), ``"disk"`` (PersistentDataset in ``cache_dir``) or
             ``"none"`` for the deterministic preprocessing.
-        cache_dir: Directory of the disk cache (default ``<root>/.cache``), one folder per
-            modality, split and preprocessing setting; may be shared by the ranks of a DDP job.
+        cache_dir: Directory of the disk cache (default ``$UMMKD_CACHE_DIR``, else
+            ``~/.cache/ummkd``: never inside the dataset), one folder per modality, split and
+            preprocessing setting; may be shared by the ranks of a DDP job and by runs.
         shard_cases: Under DDP, each rank loads, caches and samples only its share of the
             training cases (``cases[rank::world_size]`` per modality), and caches validation /
             test volumes only when its sampler first asks for them, so memory per rank shrinks
@@ -224,7 +231,10 @@ class UnpairedDataModule(pl.LightningDataModule):
         val_max_cases: Validate on at most this many cases per modality (``None``: all).
         predict_images: Glob pattern(s) or paths of images to predict.
         predict_modality: Modality of ``predict_images``.
-        synthetic: Generate the synthetic phantom dataset into ``root`` if it does not exist.
+        synthetic: Generate the synthetic phantom dataset into ``root`` if ``root`` does not
+            exist and ``synthetic.generate`` is set (see :class:`SyntheticOptions`). Generated
+            here, not in ``prepare_data``: the linked model arguments (classes, modalities)
+            are read from the dataset description when the model is instantiated.
         check: Dataset validation in ``setup``: ``"deep"`` (reads every file), ``"shallow"``
             (existence and schema) or ``"off"``.
     """
@@ -269,14 +279,20 @@ class UnpairedDataModule(pl.LightningDataModule):
         self.augmentation = augmentation
         self.modality_augmentation = dict(modality_augmentation or {})
         self.cache = cache
-        self.cache_dir = Path(cache_dir) if cache_dir else self.root / ".cache"
+        self.cache_dir = Path(cache_dir or default_cache_dir()).expanduser()
         self.shard_cases = shard_cases
         self.num_workers = num_workers
         self.val_max_cases = val_max_cases
         self.predict_images = predict_images
         self.predict_modality = predict_modality
         self.check = check
-        if synthetic is not None and not (self.root / "dataset.json").is_file():
+        if not self.root.exists():
+            if synthetic is None or not synthetic.generate:
+                raise DataError(
+                    f"--data.root {self.root} does not exist; check the path, or make a dataset "
+                    "there with `ummkd data synth --out DIR` or `ummkd data import ...` (or set "
+                    "--data.synthetic.generate true to generate the demo phantoms)"
+                )
             _synthesize_atomically(self.root, synthetic)
         self.spec: DatasetSpec = load_dataset(self.root)
         self.splits = splits
@@ -289,18 +305,18 @@ class UnpairedDataModule(pl.LightningDataModule):
         self.modalities = list(modalities) if modalities else list(available)
         unknown = [m for m in self.modalities if m not in available]
         if unknown:
-            raise ValueError(
+            raise UsageError(
                 f"{self.root / 'dataset.json'}: modalities {unknown} requested but the dataset "
                 f"has {available}; fix `data.modalities`."
             )
         stray = sorted(set(self.modality_augmentation) - set(self.modalities))
         if stray:
-            raise ValueError(
+            raise UsageError(
                 f"data.modality_augmentation names {stray}, which are not trained modalities "
                 f"{self.modalities}."
             )
         if predict_modality is not None and predict_modality not in self.modalities:
-            raise ValueError(
+            raise UsageError(
                 f"predict_modality {predict_modality!r} is not one of the trained modalities "
                 f"{self.modalities}."
             )
@@ -390,7 +406,7 @@ class UnpairedDataModule(pl.LightningDataModule):
         if split == "val" and self.val_max_cases is not None:
             cases = cases[: self.val_max_cases]
         if not cases:
-            raise ValueError(
+            raise DataError(
                 f"{self.root}: no {modality!r} cases in split {split!r} (fold {self.fold}); "
                 "check splits.json."
             )
@@ -408,7 +424,7 @@ class UnpairedDataModule(pl.LightningDataModule):
         if not self.shard_cases or world_size == 1:
             return records
         if len(records) < world_size:
-            raise ValueError(
+            raise UsageError(
                 f"data.shard_cases: {len(records)} {modality!r} training case(s) cannot be "
                 f"shared by {world_size} ranks; turn shard_cases off or use fewer devices."
             )
@@ -432,8 +448,16 @@ class UnpairedDataModule(pl.LightningDataModule):
         if self.cache == "disk":
             # PersistentDataset keys its files by the record only, so the folder name carries
             # the preprocessing: a shared cache_dir never serves volumes made with other settings.
+            # The cached volumes keep their metadata (affine, applied transforms): track_meta
+            # stores MetaTensors, which only load with weights_only=False (ummkd's own files).
             folder = f"{modality}_{split}-{self._preprocessing_digest(modality)}"
-            return PersistentDataset(records, transform, cache_dir=self.cache_dir / folder)
+            return PersistentDataset(
+                records,
+                transform,
+                cache_dir=self.cache_dir / folder,
+                track_meta=True,
+                weights_only=False,
+            )
         return Dataset(records, transform)
 
     def _preprocessing_digest(self, modality: str) -> str:
@@ -477,7 +501,7 @@ class UnpairedDataModule(pl.LightningDataModule):
 
     def _build_predict_dataset(self) -> Dataset:
         if not self.predict_images or self.predict_modality is None:
-            raise ValueError(
+            raise UsageError(
                 "predict needs `--data.predict_images 'dir/*.nii.gz'` and "
                 "`--data.predict_modality <modality>`."
             )
@@ -609,7 +633,7 @@ def _expand_images(patterns: Sequence[str] | str) -> list[Path]:
     for pattern in patterns:
         matches = sorted(glob.glob(os.path.expanduser(pattern)))
         if not matches:
-            raise FileNotFoundError(f"predict_images: no file matches {pattern!r}")
+            raise UsageError(f"--data.predict_images: no file matches {pattern!r}")
         found.extend(Path(m) for m in matches)
     return list(dict.fromkeys(found))
 
@@ -631,7 +655,7 @@ def _foreground_percentiles(
             values = rng.choice(values, per_case, replace=False)
         samples.append(values)
     if not samples:
-        raise ValueError("cannot derive a CT window: no labeled foreground in the training cases")
+        raise DataError("cannot derive a CT window: no labeled foreground in the training cases")
     allv = np.concatenate(samples)
     return float(np.percentile(allv, lower)), float(np.percentile(allv, upper))
 
@@ -657,6 +681,11 @@ def _synthesize_atomically(root: Path, options: SyntheticOptions) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def default_cache_dir() -> Path:
+    """Where ``cache: disk`` keeps volumes: ``$UMMKD_CACHE_DIR``, else ``~/.cache/ummkd``."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "ummkd")
 
 
 def _global_seed() -> int | None:

@@ -52,6 +52,7 @@ from ummkd.data.io import (
     save_nifti,
     write_json,
 )
+from ummkd.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _MODALITY = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-class DatasetImportError(RuntimeError):
+class DatasetImportError(DataError, RuntimeError):
     """An import cannot go on; the message names the file, what is wrong and what to do."""
 
 

@@ -14,7 +14,9 @@ to the ids of ``--labels-names`` (1, 2, ... in the given order, background 0); w
 label values must already be those ids. ``--append`` adds the cases to an existing dataset in
 ``--out`` - typically a second modality - after checking that the label names and ids agree.
 The split of the new cases is the seeded 70/10/20 split of
-:func:`~ummkd.data.importers.common.seeded_split`.
+:func:`~ummkd.data.importers.common.seeded_split`; with ``--group-regex`` (first group, searched
+in each image file name: the patient of a 2D slice ``<patient>_<slice>.png``) the groups are
+split, so all slices of one patient land in one of train, val and test.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any, TypeVar
 from ummkd.data.importers.common import (
     DatasetBuilder,
     DatasetImportError,
+    Split,
     add_output_arguments,
     check_same_grid,
     natural_key,
@@ -180,6 +183,7 @@ def import_pairs(
     label_names: Sequence[str] | None = None,
     label_map: Mapping[int, int] | None = None,
     case_id_regex: str | None = None,
+    group_regex: str | None = None,
     normalization: str | None = None,
     window: tuple[float, float] | None = None,
     name: str | None = None,
@@ -200,6 +204,8 @@ def import_pairs(
         label_map: Source label value -> shared id; unlisted values become background. Without
             it the label values must already be shared ids.
         case_id_regex: Pair files by this regex instead of sorted order.
+        group_regex: Split by the regex's first group (searched in the image file names, e.g.
+            the patient of 2D slices ``^(.+)_[0-9]+``) instead of by case.
         normalization: ``ct``, ``mr``, ``zscore`` or ``none``; default ``ct`` for ct, ``mr`` for
             mr, else ``zscore``.
         window: CT window ``(lo, hi)``, only with normalization ``ct``.
@@ -210,9 +216,13 @@ def import_pairs(
 
     Returns:
         The output folder.
+
+    Raises:
+        DatasetImportError: If the inputs cannot be imported (names the file or option).
     """
     src = Path(src)
     pairs = match_pairs(_glob(src, images), _glob(src, labels), case_id_regex)
+    groups = _groups(group_regex, [image for _, image, _ in pairs])
     config: dict[str, Any] = {
         "normalization": normalization or DEFAULT_NORMALIZATION.get(modality, "zscore")
     }
@@ -233,6 +243,7 @@ def import_pairs(
         mapping = dict(label_map) if label_map is not None else {i: i for i in valid_ids}
         dims = set()
         ids = []
+        members: dict[str, list[str]] = {}
         for raw_id, image_path, label_path in pairs:
             image, affine = read_volume(image_path)
             label, label_affine = read_volume(label_path)
@@ -249,6 +260,7 @@ def import_pairs(
             builder.add_case(case_id, modality, image, remapped, affine)
             dims.add(image.ndim)
             ids.append(case_id)
+            members.setdefault(groups.get(image_path, case_id), []).append(case_id)
         if len(dims) != 1:
             raise DatasetImportError(f"{src}: mixes 2D and 3D images; import them separately")
         return builder.finish(
@@ -257,13 +269,54 @@ def import_pairs(
                 f"{len(ids)} {modality} image/label pairs from {src.absolute()} ({images} | "
                 f"{labels}); labels "
                 + (f"remapped {dict(label_map)}" if label_map else "kept as shared ids")
-                + f"; seeded 70/10/20 split (seed {seed})."
+                + f"; seeded 70/10/20 split (seed {seed})"
+                + (f" of the groups of {group_regex!r}." if group_regex else ".")
             ),
             dim=dims.pop(),
             labels=label_table,
             modalities={modality: config},
-            splits=[seeded_split(ids, seed=seed)],
+            splits=[grouped_split(members, seed=seed)],
         )
+
+
+def _groups(group_regex: str | None, images: Sequence[Path]) -> dict[Path, str]:
+    """Image -> its group (the first group of ``group_regex`` in its file name)."""
+    if group_regex is None:
+        return {}
+    try:
+        regex = re.compile(group_regex)
+    except re.error as exc:
+        raise DatasetImportError(f"--group-regex {group_regex!r} is not a regex: {exc}") from exc
+    if regex.groups < 1:
+        raise DatasetImportError(
+            f"--group-regex {group_regex!r} has no group; e.g. '^(.+)_\\d+' groups "
+            "<patient>_<slice> file names by patient"
+        )
+    groups = {}
+    for image in images:
+        match = regex.search(image.name)
+        if match is None or not match.group(1):
+            raise DatasetImportError(f"--group-regex {group_regex!r} does not match {image}")
+        groups[image] = match.group(1)
+    return groups
+
+
+def grouped_split(members: Mapping[str, Sequence[str]], *, seed: int = 0) -> Split:
+    """Seeded split of groups of cases (e.g. patients): a group's cases stay in one part.
+
+    Args:
+        members: Group -> its case ids (a group per case when cases are not grouped).
+        seed: Seed of :func:`~ummkd.data.importers.common.seeded_split` over the groups.
+
+    Returns:
+        The split of the case ids.
+    """
+    split = seeded_split(list(members), seed=seed)
+
+    def cases(keys: Sequence[str]) -> tuple[str, ...]:
+        return tuple(sorted((c for k in keys for c in members[k]), key=natural_key))
+
+    return Split(train=cases(split.train), val=cases(split.val), test=cases(split.test))
 
 
 def _argument_type(parse: Callable[[str], T]) -> Callable[[str], T]:
@@ -312,6 +365,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--case-id-regex", help="regex giving the case id from a file name (group 'id' or 1)"
     )
     parser.add_argument(
+        "--group-regex",
+        help="split by patient: regex whose first group, searched in each image file name, "
+        "is the patient (e.g. '^(.+)_\\d+' for <patient>_<slice>.png)",
+    )
+    parser.add_argument(
         "--normalization",
         choices=["ct", "mr", "zscore", "none"],
         help="default: ct for ct, mr for mr, zscore otherwise",
@@ -335,6 +393,7 @@ def run(args: argparse.Namespace) -> Path:
         label_names=args.labels_names,
         label_map=args.label_map,
         case_id_regex=args.case_id_regex,
+        group_regex=args.group_regex,
         normalization=args.normalization,
         window=args.window,
         name=args.name,
