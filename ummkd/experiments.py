@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import shlex
 import statistics
@@ -50,7 +48,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ummkd.data.cross_validation import cross_validation_splits, describe_splits
 from ummkd.data.dataset_spec import DatasetSpecError, load_dataset
@@ -62,6 +59,7 @@ from ummkd.evaluation.comparison import (
     pooled_statistics,
 )
 from ummkd.evaluation.report import grouped_bars_png, json_safe
+from ummkd.provenance import git_commit, machine_description
 
 VARIANTS = ("single_ct", "single_mr", "joint", "separate_norm", "x_shape", "y_shape", "ummkd")
 """Variants in the order of the paper's comparison table (ummkd last)."""
@@ -725,39 +723,6 @@ def results_png(report: Mapping[str, Any]) -> bytes:
         ylabel="mean test Dice (all organs)",
         title=f"Abdominal 2D, scale {report['scale']}",
         legend="modality",
-    )
-
-
-def git_commit() -> str:
-    """The current git commit (with ``-dirty`` for uncommitted changes), or ``unknown``."""
-    try:
-        commit = subprocess.check_output(
-            ["git", "rev-parse", "--short=12", "HEAD"], text=True, stderr=subprocess.DEVNULL
-        ).strip()
-        dirty = subprocess.check_output(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            text=True,
-            stderr=subprocess.DEVNULL,
-        ).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty else "")
-
-
-def machine_description() -> str:
-    """CPU model, core count, torch threads and version (for the report)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f"{torch.cuda.get_device_name(0)}; " if torch.cuda.is_available() else ""
-    return (
-        f"{gpu}{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}, Python {platform.python_version()}"
     )
 
 
