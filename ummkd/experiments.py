@@ -47,8 +47,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ummkd.data.cross_validation import cross_validation_splits, describe_splits
 from ummkd.data.dataset_spec import DatasetSpecError, load_dataset
 from ummkd.data.io import atomic_write_bytes, write_json, write_text_atomic
@@ -59,6 +57,7 @@ from ummkd.evaluation.comparison import (
     pooled_statistics,
 )
 from ummkd.evaluation.report import grouped_bars_png, json_safe
+from ummkd.evaluation.statistics import sample_mean_std
 from ummkd.provenance import git_commit, machine_description
 
 VARIANTS = ("single_ct", "single_mr", "joint", "separate_norm", "x_shape", "y_shape", "ummkd")
@@ -448,14 +447,6 @@ def restore_records(results_file: Path, runs_root: Path, scale: str) -> list[Pat
     return written
 
 
-def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation of the finite values (no spread for one value)."""
-    finite = [v for v in values if v is not None and np.isfinite(v)]
-    if not finite:
-        return None, None
-    return statistics.fmean(finite), (statistics.stdev(finite) if len(finite) > 1 else None)
-
-
 def _time_range(values: Sequence[float]) -> dict[str, float]:
     """Median, fastest and slowest of wall-clock times.
 
@@ -490,7 +481,7 @@ def aggregate(records: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, A
             entry: dict[str, Any] = {"n_cases": per_run[0]["n_cases"], "per_class": {}}
             for metric in ("dice", "assd"):
                 if len(runs) > 1:
-                    mean, std = _mean_std([m["mean"][metric] for m in per_run])
+                    mean, std = sample_mean_std([m["mean"][metric] for m in per_run])
                 else:
                     mean, std = per_run[0]["mean"][metric], per_run[0]["std"][metric]
                 entry[metric] = {"mean": mean, "std": std, "over": over}
@@ -498,7 +489,7 @@ def aggregate(records: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, A
                 cls: dict[str, Any] = {}
                 for metric in ("dice", "assd"):
                     if len(runs) > 1:
-                        mean, std = _mean_std([m["per_class"][name][metric] for m in per_run])
+                        mean, std = sample_mean_std([m["per_class"][name][metric] for m in per_run])
                     else:
                         pc = per_run[0]["per_class"][name]
                         mean, std = pc[metric], pc[f"{metric}_std"]
@@ -509,7 +500,7 @@ def aggregate(records: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, A
             "seeds": [r["seed"] for r in runs],
             "parameters": runs[0].get("parameters"),
             "fit_seconds": _time_range([r["fit_seconds"] for r in runs]),
-            "val_dice_best": _mean_std([r.get("val_dice_best") for r in runs]),
+            "val_dice_best": sample_mean_std([r.get("val_dice_best") for r in runs]),
             "modalities": modalities,
         }
     return result
@@ -536,8 +527,8 @@ def _display(command: str) -> str:
 
 def _spread_note(variants: Mapping[str, Any]) -> str:
     """What the ± in the report means, given how many seeds each variant has."""
-    between = "standard deviation between seeds (of each run's mean over test cases)"
-    over_cases = "standard deviation over test cases"
+    between = "sample standard deviation between seeds (of each run's mean over test cases)"
+    over_cases = "sample standard deviation over test cases"
     several = {len(entry["seeds"]) > 1 for entry in variants.values()}
     if several == {True}:
         return between + "."
@@ -839,6 +830,10 @@ def cross_validation_report(
     }
 
 
+def _finite_mean(values: Sequence[float | None]) -> float | None:
+    return sample_mean_std(values)[0]
+
+
 def _mean_over_seeds(per_seed: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
     """One pooled case set: each case's values averaged over the seeds that tested it."""
     if len(per_seed) == 1:
@@ -849,18 +844,13 @@ def _mean_over_seeds(per_seed: Sequence[Mapping[str, Mapping[str, Any]]]) -> dic
         merged[modality] = {}
         for case_id in ids:
             copies = [p[modality][case_id] for p in per_seed if case_id in p.get(modality, {})]
-            mean = {k: _nanmean([c["mean"][k] for c in copies]) for k in copies[0]["mean"]}
+            mean = {k: _finite_mean([c["mean"][k] for c in copies]) for k in copies[0]["mean"]}
             metrics = {
-                cls: {k: _nanmean([c["metrics"][cls][k] for c in copies]) for k in values}
+                cls: {k: _finite_mean([c["metrics"][cls][k] for c in copies]) for k in values}
                 for cls, values in copies[0]["metrics"].items()
             }
             merged[modality][case_id] = {"id": case_id, "mean": mean, "metrics": metrics}
     return merged
-
-
-def _nanmean(values: Sequence[float | None]) -> float | None:
-    finite = [v for v in values if v is not None and np.isfinite(v)]
-    return statistics.fmean(finite) if finite else None
 
 
 def reproduce(args: argparse.Namespace) -> dict[str, Path]:

@@ -69,6 +69,7 @@ def test_write_report_writes_parseable_files_atomically(tmp_path):
     assert "| liver | 0.800 ± 0.141 | 2.00 ± 1.41 | 6.00 ± 2.83 | 2 |" in markdown
     assert "| spleen | n/a | n/a | n/a | 0 |" in markdown
     assert "| **Mean** | 0.775 ± 0.106 |" in markdown
+    assert "± is the sample standard deviation over cases" in markdown  # as computed (ddof=1)
 
     assert paths["dice"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

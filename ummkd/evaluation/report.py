@@ -28,7 +28,7 @@ DEFAULT_TITLE = "ummkd evaluation"
 _HEADERS = {"dice": "Dice", "assd": "ASSD (mm)", "hd95": "HD95 (mm)"}
 _DECIMALS = {"dice": 3, "assd": 2, "hd95": 2}
 _NOTE = (
-    "Mean: over cases of each case's mean over its applicable classes; ± is the population "
+    "Mean: over cases of each case's mean over its applicable classes; ± is the sample "
     "standard deviation over cases; n is the number of cases where the class is applicable. "
     "A class absent from both prediction and reference is not applicable (n/a) and excluded "
     "from means. A class empty in exactly one of them scores Dice 0 and ASSD = HD95 = the "

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
 
-def sample_mean_std(values: list[float]) -> tuple[float | None, float | None]:
+def sample_mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
     """Mean and sample standard deviation (``ddof=1``) of the finite values.
+
+    ummkd's one spread convention: every ± in its reports is this sample standard deviation
+    (over test cases, or between seeds), with no spread for a single value. ``None`` and
+    non-finite values (NaN: not applicable) are left out.
 
     Returns:
         ``(mean, std)``; ``std`` is ``None`` for fewer than two values, both ``None`` for none.
