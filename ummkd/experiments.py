@@ -56,7 +56,13 @@ from ummkd.evaluation.comparison import (
     pool_cases,
     pooled_statistics,
 )
-from ummkd.evaluation.report import grouped_bars_png, json_safe
+from ummkd.evaluation.report import (
+    MISSING,
+    format_mean_std,
+    grouped_bars_png,
+    json_safe,
+    markdown_table,
+)
 from ummkd.evaluation.statistics import sample_mean_std
 from ummkd.provenance import git_commit, machine_description
 
@@ -507,10 +513,8 @@ def aggregate(records: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, A
 
 
 def _fmt(stat: Mapping[str, Any] | None, digits: int) -> str:
-    if not stat or stat.get("mean") is None:
-        return "—"
-    mean, std = stat["mean"], stat["std"]
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
+    """A ``{"mean", "std"}`` statistic as ``mean ± std``; ``—`` where there is none."""
+    return format_mean_std(stat.get("mean"), stat.get("std"), digits) if stat else MISSING
 
 
 def _minutes(times: Mapping[str, float]) -> str:
@@ -554,33 +558,28 @@ def results_markdown(report: Mapping[str, Any]) -> str:
         f"- Scale: {report['scale_note']}",
         f"- Command: `{report['command']}`",
         "",
-        "| variant | what | seeds | weights | train min (range) | val Dice | "
-        + " | ".join(f"{m.upper()} Dice | {m.upper()} ASSD mm" for m in modalities)
-        + " |",
-        "|---|---|---|---|---|---|" + "---|---|" * len(modalities),
     ]
+    header = ["variant", "what", "seeds", "weights", "train min (range)", "val Dice"]
+    header += [f"{m.upper()} {metric}" for m in modalities for metric in ("Dice", "ASSD mm")]
+    rows = []
     for variant, entry in agg.items():
         params = entry["parameters"]
         row = [
             f"`{variant}`",
             DESCRIPTIONS.get(variant, ""),
             ", ".join(map(str, entry["seeds"])),
-            f"{params / 1e6:.2f} M" if params else "—",
+            f"{params / 1e6:.2f} M" if params else MISSING,
             _minutes(entry["fit_seconds"]),
-            _fmt(dict(zip(("mean", "std"), entry["val_dice_best"], strict=True)), 3),
+            format_mean_std(*entry["val_dice_best"], 3),
         ]
         for m in modalities:
             result = entry["modalities"].get(m)
             row += [_fmt(result and result["dice"], 3), _fmt(result and result["assd"], 2)]
-        lines.append("| " + " | ".join(row) + " |")
+        rows.append(row)
+    lines += markdown_table(header, rows)
     for m in modalities:
-        lines += [
-            "",
-            f"## {m.upper()}: Dice (ASSD mm) per organ",
-            "",
-            "| variant | " + " | ".join(classes) + " |",
-            "|---|" + "---|" * len(classes),
-        ]
+        lines += ["", f"## {m.upper()}: Dice (ASSD mm) per organ", ""]
+        rows = []
         for variant, entry in agg.items():
             result = entry["modalities"].get(m)
             if not result:
@@ -590,7 +589,8 @@ def results_markdown(report: Mapping[str, Any]) -> str:
                 f"{_fmt(per_class[c]['dice'], 3)} ({_fmt(per_class[c]['assd'], 1)})"
                 for c in classes
             ]
-            lines.append(f"| `{variant}` | " + " | ".join(cells) + " |")
+            rows.append([f"`{variant}`", *cells])
+        lines += markdown_table(["variant", *classes], rows)
     lines += ["", "## Runs", ""]
     for record in report["runs"]:
         restored = record.get("restored_from")
@@ -632,35 +632,32 @@ def cv_results_markdown(report: Mapping[str, Any]) -> str:
     ]
     if report.get("unfinished"):
         lines.append(f"- **Not finished, left out:** {', '.join(report['unfinished'])}")
-    lines += [
-        "",
-        "| variant | what | folds | weights | train min (range) | "
-        + " | ".join(
-            f"{m.upper()} Dice (n) | {m.upper()} ASSD mm | {m.upper()} HD95 mm" for m in modalities
-        )
-        + " |",
-        "|---|---|---|---|---|" + "---|---|---|" * len(modalities),
+    header = ["variant", "what", "folds", "weights", "train min (range)"]
+    header += [
+        f"{m.upper()} {metric}" for m in modalities for metric in ("Dice (n)", "ASSD mm", "HD95 mm")
     ]
+    rows = []
     for variant, entry in variants.items():
         params = entry["parameters"]
         row = [
             f"`{variant}`",
             DESCRIPTIONS.get(variant, ""),
             ", ".join(map(str, entry["folds"])),
-            f"{params / 1e6:.2f} M" if params else "—",
+            f"{params / 1e6:.2f} M" if params else MISSING,
             _minutes(entry["fit_seconds"]),
         ]
         for m in modalities:
             result = entry["modalities"].get(m)
             if result is None:
-                row += ["—", "—", "—"]
+                row += [MISSING] * 3
                 continue
             row += [
                 f"{_fmt(result['dice'], 3)} ({result['n_cases']})",
                 _fmt(result["assd"], 2),
                 _fmt(result["hd95"], 1),
             ]
-        lines.append("| " + " | ".join(row) + " |")
+        rows.append(row)
+    lines += ["", *markdown_table(header, rows)]
     lines += [
         "",
         "## Paired differences",
@@ -672,13 +669,8 @@ def cv_results_markdown(report: Mapping[str, Any]) -> str:
         *comparison_markdown(report["comparisons"], "ummkd"),
     ]
     for m in modalities:
-        lines += [
-            "",
-            f"## {m.upper()}: Dice (HD95 mm) per organ",
-            "",
-            "| variant | " + " | ".join(classes) + " |",
-            "|---|" + "---|" * len(classes),
-        ]
+        lines += ["", f"## {m.upper()}: Dice (HD95 mm) per organ", ""]
+        rows = []
         for variant, entry in variants.items():
             result = entry["modalities"].get(m)
             if result:
@@ -687,7 +679,8 @@ def cv_results_markdown(report: Mapping[str, Any]) -> str:
                     f"({_fmt(result['per_class'][c]['hd95'], 1)})"
                     for c in classes
                 ]
-                lines.append(f"| `{variant}` | " + " | ".join(cells) + " |")
+                rows.append([f"`{variant}`", *cells])
+        lines += markdown_table(["variant", *classes], rows)
     lines += ["", "## Runs", ""]
     for record in report["runs"]:
         lines += [
