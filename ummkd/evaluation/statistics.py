@@ -78,7 +78,8 @@ def paired_difference(
             method="BCa",
             rng=np.random.default_rng(seed),
         ).confidence_interval
-        result["ci_low"], result["ci_high"] = float(interval.low), float(interval.high)
+        if math.isfinite(interval.low) and math.isfinite(interval.high):  # NaN: degenerate
+            result["ci_low"], result["ci_high"] = float(interval.low), float(interval.high)
     if len(shared) >= 2 and np.any(differences != 0):
         result["wilcoxon_p"] = float(stats.wilcoxon(differences).pvalue)
     return result
