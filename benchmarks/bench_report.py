@@ -13,14 +13,13 @@ import contextlib
 import datetime
 import io
 import shlex
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
 from ummkd.data.io import write_text_atomic
-from ummkd.experiments import machine_description
+from ummkd.provenance import git_commit, machine_description
 
 
 class _Tee(io.TextIOBase):
@@ -60,27 +59,6 @@ def add_append_argument(parser: argparse.ArgumentParser) -> None:
         help="also append the printed results as a dated section to this markdown file "
         "(e.g. docs/performance.md)",
     )
-
-
-def commit_ignoring(path: Path) -> str:
-    """The git commit, ``-dirty`` if tracked files other than ``path`` changed, or ``unknown``.
-
-    ``make bench`` appends to a tracked file, so the scripts after the first must not count
-    their predecessors' sections as uncommitted changes.
-    """
-
-    def git(*args: str) -> str:
-        return subprocess.check_output(["git", *args], text=True, stderr=subprocess.DEVNULL)
-
-    try:
-        commit = git("rev-parse", "--short=12", "HEAD").strip()
-        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".").splitlines()
-        top = Path(git("rev-parse", "--show-toplevel").strip())
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    target = path.resolve()
-    dirty = [line for line in changed if (top / line[3:]).resolve() != target]
-    return commit + ("-dirty" if dirty else "")
 
 
 def section(
@@ -133,7 +111,8 @@ def results_appended_to(
         title,
         buffer.getvalue(),
         machine=machine or machine_description(),
-        commit=commit_ignoring(path),
+        # make bench appends to a tracked file: earlier sections are not code changes
+        commit=git_commit(ignoring=path),
     )
     append_section(path, text)
     print(f"appended to {path}")

@@ -11,7 +11,6 @@ the importer uses (``ALPNET_CT_WINDOW_HU``). docs/data.md quotes its output.
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
 
 import nibabel as nib
@@ -19,6 +18,7 @@ import numpy as np
 
 from ummkd.data.importers.alpnet import ALPNET_CT_WINDOW_HU, CT_ORGANS
 from ummkd.data.intensity import REFERENCE_HU, TissuePeaks, fit_linear_map, tissue_peaks
+from ummkd.evaluation.statistics import sample_mean_std
 
 
 def main() -> None:
@@ -59,7 +59,8 @@ def main() -> None:
             f"| {tissue} (n={len(values)}) | {median:.1f} ({q1:.1f}-{q3:.1f}) | "
             f"{slope * median + intercept:.0f} | {window_slope * median + window_intercept:.0f} |"
         )
-    spread = statistics.stdev(p.organs["liver"] for p in peaks if "liver" in p.organs)
+    _, spread = sample_mean_std(p.organs["liver"] for p in peaks if "liver" in p.organs)
+    assert spread is not None, "the liver of fewer than two cases"
     print(f"\nliver median between cases: sample std {spread * window_slope:.0f} HU (importer map)")
 
 

@@ -47,19 +47,11 @@ from torch import Tensor, nn
 from ummkd.lightning.datamodule import UnpairedDataModule
 from ummkd.lightning.module import UMMKDModule
 from ummkd.nn import DilatedResNet2d, UNet3d
+from ummkd.provenance import cpu_model
 
 from bench_report import add_append_argument, results_appended_to
 
 MODALITIES = ("ct", "mr")
-
-
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo."""
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 class PeakMemory:

@@ -22,7 +22,6 @@ also adds it there as a dated section (``make bench`` does).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -31,6 +30,7 @@ import torch
 from ummkd.lightning.datamodule import UnpairedDataModule
 from ummkd.losses import ModalityDistillationLoss, SegmentationLoss
 from ummkd.nn import DilatedResNet2d, use_modality
+from ummkd.provenance import cpu_model
 
 from bench_report import add_append_argument, results_appended_to
 
@@ -98,9 +98,8 @@ def main() -> None:
     loads = [loader_rate(dm, args.batches) for _ in range(args.repeats)]
     steps = [step_rate(dm, args.base, args.head, args.steps) for _ in range(args.repeats)]
     load, step = statistics.median(loads), statistics.median(steps)
-    cpu = platform.processor() or platform.machine()
     with results_appended_to(args.append, "Loader vs training step (loader_vs_step.py)"):
-        print(f"machine: {cpu}, {torch.get_num_threads()} threads")
+        print(f"machine: {cpu_model()}, {torch.get_num_threads()} threads")
         print(
             "| dataset | patch | batch/mod. | workers | loader batches/s | step batches/s | ratio |"
         )

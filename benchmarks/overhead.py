@@ -49,7 +49,6 @@ import copy
 import datetime
 import itertools
 import logging
-import platform
 import statistics
 import time
 import warnings
@@ -70,6 +69,7 @@ from ummkd.lightning.datamodule import SyntheticOptions, UnpairedDataModule
 from ummkd.lightning.module import UMMKDModule
 from ummkd.losses import UnpairedObjective
 from ummkd.nn import DilatedResNet2d
+from ummkd.provenance import cpu_model
 
 from bench_report import add_append_argument, results_appended_to
 
@@ -77,18 +77,6 @@ Batch = dict[str, dict[str, Tensor]]
 MODALITIES = ("ct", "mr")
 SECTIONS = ("ratio", "fixed", "kd", "bf16")
 PATCH = {"demo": 96, "paper": 256}
-
-
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (falls back to ``platform.processor()``)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine(device: torch.device) -> str:

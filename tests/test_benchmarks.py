@@ -125,22 +125,3 @@ def test_append_path_is_checked_before_the_benchmark_runs(tmp_path: Path) -> Non
     for bad in (tmp_path, tmp_path / "missing" / "a.md"):
         with pytest.raises(SystemExit):
             parser.parse_args(["--append", str(bad)])
-
-
-def test_the_commit_ignores_the_file_being_appended_to(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def git(*args: str) -> None:
-        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
-
-    git("init", "-q")
-    (tmp_path / "doc.md").write_text("a\n")
-    (tmp_path / "code.py").write_text("x = 1\n")
-    git("add", ".")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "doc.md").write_text("a\nappended\n")
-    clean = bench_report.commit_ignoring(tmp_path / "doc.md")
-    assert len(clean) == 12 and not clean.endswith("-dirty")
-    (tmp_path / "code.py").write_text("x = 2\n")
-    assert bench_report.commit_ignoring(tmp_path / "doc.md") == clean + "-dirty"

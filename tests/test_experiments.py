@@ -391,7 +391,8 @@ def test_report_only_writes_the_finished_runs_and_trains_nothing(
     assert report["variants"]["ummkd"]["seeds"] == [0, 1]
     assert report["variants"]["ummkd"]["modalities"]["ct"]["dice"]["over"] == "seeds"
     text = (tmp_path / "out" / "abdominal_2d_cpu.md").read_text()
-    assert "for the variants with several seeds, standard deviation over test cases" in text
+    # One spread convention (sample std), stated as such.
+    assert "for the variants with several seeds, sample standard deviation over test" in text
     assert "| `joint` | joint training, shared norms, no KD | 0 |" in text
     assert "| `ummkd` | ummkd: shared kernels, modality norms + KD | 0, 1 |" in text
     assert not list(runs.rglob("*.log"))  # nothing was trained

@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import shlex
 import statistics
@@ -49,9 +47,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from ummkd.data.cross_validation import cross_validation_splits, describe_splits
 from ummkd.data.dataset_spec import DatasetSpecError, load_dataset
 from ummkd.data.io import atomic_write_bytes, write_json, write_text_atomic
@@ -62,7 +57,15 @@ from ummkd.evaluation.comparison import (
     pool_cases,
     pooled_statistics,
 )
-from ummkd.evaluation.report import grouped_bars_png, json_safe
+from ummkd.evaluation.report import (
+    MISSING,
+    format_mean_std,
+    grouped_bars_png,
+    json_safe,
+    markdown_table,
+)
+from ummkd.evaluation.statistics import sample_mean_std
+from ummkd.provenance import git_commit, machine_description
 
 VARIANTS = ("single_ct", "single_mr", "joint", "separate_norm", "x_shape", "y_shape", "ummkd")
 """Variants in the order of the paper's comparison table (ummkd last)."""
@@ -451,14 +454,6 @@ def restore_records(results_file: Path, runs_root: Path, scale: str) -> list[Pat
     return written
 
 
-def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation of the finite values (no spread for one value)."""
-    finite = [v for v in values if v is not None and np.isfinite(v)]
-    if not finite:
-        return None, None
-    return statistics.fmean(finite), (statistics.stdev(finite) if len(finite) > 1 else None)
-
-
 def _time_range(values: Sequence[float]) -> dict[str, float]:
     """Median, fastest and slowest of wall-clock times.
 
@@ -493,7 +488,7 @@ def aggregate(records: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, A
             entry: dict[str, Any] = {"n_cases": per_run[0]["n_cases"], "per_class": {}}
             for metric in ("dice", "assd"):
                 if len(runs) > 1:
-                    mean, std = _mean_std([m["mean"][metric] for m in per_run])
+                    mean, std = sample_mean_std([m["mean"][metric] for m in per_run])
                 else:
                     mean, std = per_run[0]["mean"][metric], per_run[0]["std"][metric]
                 entry[metric] = {"mean": mean, "std": std, "over": over}
@@ -501,7 +496,7 @@ def aggregate(records: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, A
                 cls: dict[str, Any] = {}
                 for metric in ("dice", "assd"):
                     if len(runs) > 1:
-                        mean, std = _mean_std([m["per_class"][name][metric] for m in per_run])
+                        mean, std = sample_mean_std([m["per_class"][name][metric] for m in per_run])
                     else:
                         pc = per_run[0]["per_class"][name]
                         mean, std = pc[metric], pc[f"{metric}_std"]
@@ -512,17 +507,15 @@ def aggregate(records: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, A
             "seeds": [r["seed"] for r in runs],
             "parameters": runs[0].get("parameters"),
             "fit_seconds": _time_range([r["fit_seconds"] for r in runs]),
-            "val_dice_best": _mean_std([r.get("val_dice_best") for r in runs]),
+            "val_dice_best": sample_mean_std([r.get("val_dice_best") for r in runs]),
             "modalities": modalities,
         }
     return result
 
 
 def _fmt(stat: Mapping[str, Any] | None, digits: int) -> str:
-    if not stat or stat.get("mean") is None:
-        return "—"
-    mean, std = stat["mean"], stat["std"]
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
+    """A ``{"mean", "std"}`` statistic as ``mean ± std``; ``—`` where there is none."""
+    return format_mean_std(stat.get("mean"), stat.get("std"), digits) if stat else MISSING
 
 
 def _minutes(times: Mapping[str, float]) -> str:
@@ -539,8 +532,8 @@ def _display(command: str) -> str:
 
 def _spread_note(variants: Mapping[str, Any]) -> str:
     """What the ± in the report means, given how many seeds each variant has."""
-    between = "standard deviation between seeds (of each run's mean over test cases)"
-    over_cases = "standard deviation over test cases"
+    between = "sample standard deviation between seeds (of each run's mean over test cases)"
+    over_cases = "sample standard deviation over test cases"
     several = {len(entry["seeds"]) > 1 for entry in variants.values()}
     if several == {True}:
         return between + "."
@@ -566,33 +559,28 @@ def results_markdown(report: Mapping[str, Any]) -> str:
         f"- Scale: {report['scale_note']}",
         f"- Command: `{report['command']}`",
         "",
-        "| variant | what | seeds | weights | train min (range) | val Dice | "
-        + " | ".join(f"{m.upper()} Dice | {m.upper()} ASSD mm" for m in modalities)
-        + " |",
-        "|---|---|---|---|---|---|" + "---|---|" * len(modalities),
     ]
+    header = ["variant", "what", "seeds", "weights", "train min (range)", "val Dice"]
+    header += [f"{m.upper()} {metric}" for m in modalities for metric in ("Dice", "ASSD mm")]
+    rows = []
     for variant, entry in agg.items():
         params = entry["parameters"]
         row = [
             f"`{variant}`",
             DESCRIPTIONS.get(variant, ""),
             ", ".join(map(str, entry["seeds"])),
-            f"{params / 1e6:.2f} M" if params else "—",
+            f"{params / 1e6:.2f} M" if params else MISSING,
             _minutes(entry["fit_seconds"]),
-            _fmt(dict(zip(("mean", "std"), entry["val_dice_best"], strict=True)), 3),
+            format_mean_std(*entry["val_dice_best"], 3),
         ]
         for m in modalities:
             result = entry["modalities"].get(m)
             row += [_fmt(result and result["dice"], 3), _fmt(result and result["assd"], 2)]
-        lines.append("| " + " | ".join(row) + " |")
+        rows.append(row)
+    lines += markdown_table(header, rows)
     for m in modalities:
-        lines += [
-            "",
-            f"## {m.upper()}: Dice (ASSD mm) per organ",
-            "",
-            "| variant | " + " | ".join(classes) + " |",
-            "|---|" + "---|" * len(classes),
-        ]
+        lines += ["", f"## {m.upper()}: Dice (ASSD mm) per organ", ""]
+        rows = []
         for variant, entry in agg.items():
             result = entry["modalities"].get(m)
             if not result:
@@ -602,7 +590,8 @@ def results_markdown(report: Mapping[str, Any]) -> str:
                 f"{_fmt(per_class[c]['dice'], 3)} ({_fmt(per_class[c]['assd'], 1)})"
                 for c in classes
             ]
-            lines.append(f"| `{variant}` | " + " | ".join(cells) + " |")
+            rows.append([f"`{variant}`", *cells])
+        lines += markdown_table(["variant", *classes], rows)
     lines += ["", "## Runs", ""]
     for record in report["runs"]:
         restored = record.get("restored_from")
@@ -644,35 +633,32 @@ def cv_results_markdown(report: Mapping[str, Any]) -> str:
     ]
     if report.get("unfinished"):
         lines.append(f"- **Not finished, left out:** {', '.join(report['unfinished'])}")
-    lines += [
-        "",
-        "| variant | what | folds | weights | train min (range) | "
-        + " | ".join(
-            f"{m.upper()} Dice (n) | {m.upper()} ASSD mm | {m.upper()} HD95 mm" for m in modalities
-        )
-        + " |",
-        "|---|---|---|---|---|" + "---|---|---|" * len(modalities),
+    header = ["variant", "what", "folds", "weights", "train min (range)"]
+    header += [
+        f"{m.upper()} {metric}" for m in modalities for metric in ("Dice (n)", "ASSD mm", "HD95 mm")
     ]
+    rows = []
     for variant, entry in variants.items():
         params = entry["parameters"]
         row = [
             f"`{variant}`",
             DESCRIPTIONS.get(variant, ""),
             ", ".join(map(str, entry["folds"])),
-            f"{params / 1e6:.2f} M" if params else "—",
+            f"{params / 1e6:.2f} M" if params else MISSING,
             _minutes(entry["fit_seconds"]),
         ]
         for m in modalities:
             result = entry["modalities"].get(m)
             if result is None:
-                row += ["—", "—", "—"]
+                row += [MISSING] * 3
                 continue
             row += [
                 f"{_fmt(result['dice'], 3)} ({result['n_cases']})",
                 _fmt(result["assd"], 2),
                 _fmt(result["hd95"], 1),
             ]
-        lines.append("| " + " | ".join(row) + " |")
+        rows.append(row)
+    lines += ["", *markdown_table(header, rows)]
     lines += [
         "",
         "## Paired differences",
@@ -684,13 +670,8 @@ def cv_results_markdown(report: Mapping[str, Any]) -> str:
         *comparison_markdown(report["comparisons"], "ummkd"),
     ]
     for m in modalities:
-        lines += [
-            "",
-            f"## {m.upper()}: Dice (HD95 mm) per organ",
-            "",
-            "| variant | " + " | ".join(classes) + " |",
-            "|---|" + "---|" * len(classes),
-        ]
+        lines += ["", f"## {m.upper()}: Dice (HD95 mm) per organ", ""]
+        rows = []
         for variant, entry in variants.items():
             result = entry["modalities"].get(m)
             if result:
@@ -699,7 +680,8 @@ def cv_results_markdown(report: Mapping[str, Any]) -> str:
                     f"({_fmt(result['per_class'][c]['hd95'], 1)})"
                     for c in classes
                 ]
-                lines.append(f"| `{variant}` | " + " | ".join(cells) + " |")
+                rows.append([f"`{variant}`", *cells])
+        lines += markdown_table(["variant", *classes], rows)
     lines += ["", "## Runs", ""]
     for record in report["runs"]:
         lines += [
@@ -726,39 +708,6 @@ def results_png(report: Mapping[str, Any]) -> bytes:
         ylabel="mean test Dice (all organs)",
         title=f"Abdominal 2D, scale {report['scale']}",
         legend="modality",
-    )
-
-
-def git_commit() -> str:
-    """The current git commit (with ``-dirty`` for uncommitted changes), or ``unknown``."""
-    try:
-        commit = subprocess.check_output(
-            ["git", "rev-parse", "--short=12", "HEAD"], text=True, stderr=subprocess.DEVNULL
-        ).strip()
-        dirty = subprocess.check_output(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            text=True,
-            stderr=subprocess.DEVNULL,
-        ).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty else "")
-
-
-def machine_description() -> str:
-    """CPU model, core count, torch threads and version (for the report)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f"{torch.cuda.get_device_name(0)}; " if torch.cuda.is_available() else ""
-    return (
-        f"{gpu}{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}, Python {platform.python_version()}"
     )
 
 
@@ -875,6 +824,10 @@ def cross_validation_report(
     }
 
 
+def _finite_mean(values: Sequence[float | None]) -> float | None:
+    return sample_mean_std(values)[0]
+
+
 def _mean_over_seeds(per_seed: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
     """One pooled case set: each case's values averaged over the seeds that tested it."""
     if len(per_seed) == 1:
@@ -885,18 +838,13 @@ def _mean_over_seeds(per_seed: Sequence[Mapping[str, Mapping[str, Any]]]) -> dic
         merged[modality] = {}
         for case_id in ids:
             copies = [p[modality][case_id] for p in per_seed if case_id in p.get(modality, {})]
-            mean = {k: _nanmean([c["mean"][k] for c in copies]) for k in copies[0]["mean"]}
+            mean = {k: _finite_mean([c["mean"][k] for c in copies]) for k in copies[0]["mean"]}
             metrics = {
-                cls: {k: _nanmean([c["metrics"][cls][k] for c in copies]) for k in values}
+                cls: {k: _finite_mean([c["metrics"][cls][k] for c in copies]) for k in values}
                 for cls, values in copies[0]["metrics"].items()
             }
             merged[modality][case_id] = {"id": case_id, "mean": mean, "metrics": metrics}
     return merged
-
-
-def _nanmean(values: Sequence[float | None]) -> float | None:
-    finite = [v for v in values if v is not None and np.isfinite(v)]
-    return statistics.fmean(finite) if finite else None
 
 
 def reproduce(args: argparse.Namespace) -> dict[str, Path]:

@@ -371,7 +371,7 @@ def export_model(
             fingerprint=fingerprint(train_cases),
             postprocess_largest_component=keep,
         )
-    from ummkd.experiments import git_commit
+    from ummkd.provenance import git_commit
 
     metadata = ModelMetadata(
         format=FORMAT,

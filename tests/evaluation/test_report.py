@@ -7,7 +7,13 @@ import pytest
 from rich.console import Console
 
 from ummkd.evaluation.metrics import summarize_cases
-from ummkd.evaluation.report import results_markdown, results_table, write_report
+from ummkd.evaluation.report import (
+    format_mean_std,
+    markdown_table,
+    results_markdown,
+    results_table,
+    write_report,
+)
 
 CLASSES = ["background", "liver", "spleen"]
 
@@ -69,6 +75,7 @@ def test_write_report_writes_parseable_files_atomically(tmp_path):
     assert "| liver | 0.800 ± 0.141 | 2.00 ± 1.41 | 6.00 ± 2.83 | 2 |" in markdown
     assert "| spleen | n/a | n/a | n/a | 0 |" in markdown
     assert "| **Mean** | 0.775 ± 0.106 |" in markdown
+    assert "± is the sample standard deviation over cases" in markdown  # as computed (ddof=1)
 
     assert paths["dice"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -86,3 +93,21 @@ def test_markdown_and_table_agree():
     for row in ("liver", "spleen", "mean", "0.800 ± 0.141", "0.600 ", "n/a"):
         assert row in text
     assert "| 0.600 |" in results_markdown(summary)  # one case: no spread
+
+
+def test_format_mean_std() -> None:
+    assert format_mean_std(0.81234, 0.0341, 3) == "0.812 ± 0.034"
+    assert format_mean_std(2.5, None, 2) == "2.50"  # one value: no spread
+    assert format_mean_std(2.5, math.nan, 1) == "2.5"
+    assert format_mean_std(None, None, 3) == "—"
+    assert format_mean_std(math.nan, 0.1, 3, missing="n/a") == "n/a"
+
+
+def test_markdown_table() -> None:
+    assert markdown_table(["a", "b"], [["1", "2"], ["3", "4"]]) == [
+        "| a | b |",
+        "|---|---|",
+        "| 1 | 2 |",
+        "| 3 | 4 |",
+    ]
+    assert markdown_table(["a"], []) == ["| a |", "|---|"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -39,6 +41,20 @@ def test_noise_has_a_ci_around_zero_and_missing_cases_are_listed() -> None:
     assert identical["mean_difference"] == 0 and identical["wilcoxon_p"] is None
     with pytest.raises(ValueError, match="no case"):
         paired_difference({"x": 1.0}, {"y": 1.0})
+
+
+def test_a_degenerate_bootstrap_gives_no_interval_rather_than_nan() -> None:
+    # Differences equal up to rounding: BCa cannot be computed (scipy returns NaN bounds).
+    dice = {"a": 0.8, "b": 0.701, "c": 0.9, "d": 0.601}
+    ours = {k: 10 * (1 - (v + 0.05)) for k, v in dice.items()}
+    theirs = {k: 10 * (1 - (v - 0.1)) for k, v in dice.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = paired_difference(ours, theirs)
+    assert result["mean_difference"] == pytest.approx(-1.5)
+    assert result["ci_low"] is None and result["ci_high"] is None
+    per_metric = dict.fromkeys(("dice", "assd", "hd95"), result)
+    assert "nan" not in "".join(comparison_markdown({"b": {"ct": per_metric}}, "m"))
 
 
 def test_sample_mean_std() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ummkd.evaluation.report import MISSING, markdown_table
 from ummkd.evaluation.statistics import ci_excludes_zero, paired_difference, sample_mean_std
 
 METRICS = ("dice", "assd", "hd95")
@@ -97,18 +98,24 @@ def paired_comparisons(
 
 
 def _number(value: float | None, digits: int) -> str:
-    return "—" if value is None else f"{value:+.{digits}f}"
+    return MISSING if value is None else f"{value:+.{digits}f}"
 
 
 def comparison_markdown(
     comparisons: Mapping[str, Mapping[str, Mapping[str, Any]]], method: str
 ) -> list[str]:
     """Markdown lines: the paired differences of ``method`` against each baseline."""
-    lines = [
-        f"| `{method}` minus | modality | n | Dice difference [95 % CI] | Wilcoxon p | "
-        "ASSD mm difference [95 % CI] | HD95 mm difference [95 % CI] | Dice: a difference? |",
-        "|---|---|---|---|---|---|---|---|",
+    header = [
+        f"`{method}` minus",
+        "modality",
+        "n",
+        "Dice difference [95 % CI]",
+        "Wilcoxon p",
+        "ASSD mm difference [95 % CI]",
+        "HD95 mm difference [95 % CI]",
+        "Dice: a difference?",
     ]
+    rows = []
     for baseline, per_modality in comparisons.items():
         for modality, per_metric in per_modality.items():
             cells = []
@@ -124,8 +131,7 @@ def comparison_markdown(
                 if ci_excludes_zero(dice)
                 else "no (CI includes 0)"
             )
-            lines.append(
-                f"| `{baseline}` | {modality.upper()} | {dice['n']} | {cells[0]} | "
-                f"{'—' if p is None else f'{p:.3g}'} | {cells[1]} | {cells[2]} | {verdict} |"
-            )
-    return lines
+            p_text = MISSING if p is None else f"{p:.3g}"
+            row = [f"`{baseline}`", modality.upper(), str(dice["n"]), cells[0], p_text]
+            rows.append([*row, cells[1], cells[2], verdict])
+    return markdown_table(header, rows)

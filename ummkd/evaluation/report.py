@@ -27,8 +27,12 @@ DEFAULT_TITLE = "ummkd evaluation"
 
 _HEADERS = {"dice": "Dice", "assd": "ASSD (mm)", "hd95": "HD95 (mm)"}
 _DECIMALS = {"dice": 3, "assd": 2, "hd95": 2}
+MISSING = "—"
+"""What report tables show where there is no value (no result, or no mean)."""
+NOT_APPLICABLE = "n/a"
+"""What the test report shows for a class absent from prediction and reference (NaN)."""
 _NOTE = (
-    "Mean: over cases of each case's mean over its applicable classes; ± is the population "
+    "Mean: over cases of each case's mean over its applicable classes; ± is the sample "
     "standard deviation over cases; n is the number of cases where the class is applicable. "
     "A class absent from both prediction and reference is not applicable (n/a) and excluded "
     "from means. A class empty in exactly one of them scores Dice 0 and ASSD = HD95 = the "
@@ -79,14 +83,14 @@ def results_markdown(summary: Mapping[str, Any], *, title: str = DEFAULT_TITLE) 
     for modality, result in summary["modalities"].items():
         n_cases = result["n_cases"]
         lines += [f"## {modality} ({n_cases} case{'' if n_cases == 1 else 's'})", ""]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        rows = []
         for name in summary["classes"]:
             stats = result["per_class"][name]
             cells = [_mean_std(stats[m], stats[f"{m}_std"], m) for m in METRICS]
-            lines.append("| " + " | ".join([name, *cells, str(stats["n"])]) + " |")
+            rows.append([name, *cells, str(stats["n"])])
         means = [_mean_std(result["mean"][m], result["std"][m], m) for m in METRICS]
-        lines.append("| " + " | ".join(["**Mean**", *means, str(result["n_cases"])]) + " |")
-        lines.append("")
+        rows.append(["**Mean**", *means, str(result["n_cases"])])
+        lines += [*markdown_table(header, rows), ""]
     lines += [_NOTE, ""]
     return "\n".join(lines)
 
@@ -190,14 +194,42 @@ def grouped_bars_png(
 
 
 def _mean_std(mean: float | None, std: float | None, metric: str) -> str:
-    """Format ``mean ± std`` with the metric's number of decimals; ``n/a`` when not applicable."""
+    """``mean ± std`` with the metric's number of decimals; ``n/a`` when not applicable."""
+    return format_mean_std(mean, std, _DECIMALS[metric], missing=NOT_APPLICABLE)
+
+
+def format_mean_std(
+    mean: float | None, std: float | None, digits: int, *, missing: str = MISSING
+) -> str:
+    """Format a mean and its spread for a report table: ``"0.812 ± 0.034"``.
+
+    The one "mean ± std" format of ummkd's reports (``ummkd test``, ``ummkd reproduce``).
+
+    Args:
+        mean: the mean; ``None`` or NaN where there is none.
+        std: its spread; ``None`` or NaN where there is none (e.g. a single value).
+        digits: decimals of both numbers.
+        missing: the text where there is no mean (``—``; the test report writes ``n/a``).
+
+    Returns:
+        ``"m ± s"``, ``"m"`` without a spread, ``missing`` without a mean.
+    """
     mean, std = _nan(mean), _nan(std)
     if math.isnan(mean):
-        return "n/a"
-    decimals = _DECIMALS[metric]
-    if math.isnan(std):  # one case: no spread
-        return f"{mean:.{decimals}f}"
-    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+        return missing
+    if math.isnan(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown_row(cells: Sequence[str]) -> str:
+    """One markdown table row: ``| a | b |``."""
+    return "| " + " | ".join(cells) + " |"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """The lines of a markdown table: the header, the ``|---|`` rule, then one line per row."""
+    return [markdown_row(header), "|" + "---|" * len(header), *map(markdown_row, rows)]
 
 
 def _nan(value: float | None) -> float:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
 
-def sample_mean_std(values: list[float]) -> tuple[float | None, float | None]:
+def sample_mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
     """Mean and sample standard deviation (``ddof=1``) of the finite values.
+
+    ummkd's one spread convention: every ± in its reports is this sample standard deviation
+    (over test cases, or between seeds), with no spread for a single value. ``None`` and
+    non-finite values (NaN: not applicable) are left out.
 
     Returns:
         ``(mean, std)``; ``std`` is ``None`` for fewer than two values, both ``None`` for none.
@@ -74,7 +78,8 @@ def paired_difference(
             method="BCa",
             rng=np.random.default_rng(seed),
         ).confidence_interval
-        result["ci_low"], result["ci_high"] = float(interval.low), float(interval.high)
+        if math.isfinite(interval.low) and math.isfinite(interval.high):  # NaN: degenerate
+            result["ci_low"], result["ci_high"] = float(interval.low), float(interval.high)
     if len(shared) >= 2 and np.any(differences != 0):
         result["wilcoxon_p"] = float(stats.wilcoxon(differences).pvalue)
     return result
