@@ -296,6 +296,8 @@ _LabelTable = Annotated[
     AfterValidator(_contiguous),
 ]
 
+_LABEL_TABLE: TypeAdapter[dict[str, int]] = TypeAdapter(_LabelTable)
+
 
 class ModalityDocument(_Document):
     """One modality: intensity normalization, CT window and the map to the shared label ids."""
@@ -429,7 +431,7 @@ def read_json(path: Path) -> Any:
 
 def parse_labels(raw: Any, source: Path) -> dict[str, int]:
     """Check a label table (class name -> id, ids ``0..C-1``); return it ordered by id."""
-    return _validate(TypeAdapter(_LabelTable).validate_python, raw, source, ("labels",))
+    return _validate(_LABEL_TABLE.validate_python, raw, source, ("labels",))
 
 
 def parse_modality(name: str, raw: Any, source: Path) -> ModalitySpec:
