@@ -228,7 +228,7 @@ def test_builder_validates_cases(tmp_path: Path) -> None:
         builder.add_case("ct_a", "ct", image, image.astype(np.uint8), np.eye(4))
         with pytest.raises(DatasetImportError, match="occurs twice"):
             builder.add_case("ct_a", "ct", image, image.astype(np.uint8), np.eye(4))
-        with pytest.raises(DatasetImportError, match="normalization must be one of"):
+        with pytest.raises(DatasetImportError, match="normalization 'hu' is not one of"):
             builder.finish(
                 name="t",
                 description="",

@@ -1,6 +1,6 @@
 """Shared helpers for the dataset importers.
 
-Every importer writes the same on-disk format (see :mod:`ummkd.data.dataset_spec`)::
+Every importer writes the same on-disk format (see :mod:`ummkd.data.schema`)::
 
     <out>/dataset.json
     <out>/splits.json
@@ -45,20 +45,19 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from ummkd.data import dataset_spec
+from ummkd.data import labels as label_maps
+from ummkd.data.description import DATASET_JSON, SPLITS_JSON, DatasetSpecError
 from ummkd.data.io import (
     NIFTI_SUFFIXES,
     make_temporary_dir,
     save_nifti,
     write_json,
 )
+from ummkd.data.schema import parse_content, parse_dataset, parse_modality
 from ummkd.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-DATASET_JSON = dataset_spec.DATASET_JSON
-SPLITS_JSON = dataset_spec.SPLITS_JSON
-NORMALIZATIONS = ("ct", "mr", "zscore", "none")
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
 ABDOMINAL_LABELS: dict[str, int] = {
     "background": 0,
@@ -310,7 +309,7 @@ def remap_labels(
                 "pass a label map that covers them"
             )
     try:  # the lookup table of the dataset format itself; 256 ids -> uint8
-        return dataset_spec.remap_labels(array, mapping, 256).astype(np.uint8, copy=False)
+        return label_maps.remap_labels(array, mapping, 256).astype(np.uint8, copy=False)
     except ValueError as error:
         raise DatasetImportError(f"{path}: {error}") from error
 
@@ -476,9 +475,10 @@ class DatasetBuilder:
                     f"{out / SPLITS_JSON}: appending needs exactly one fold, found "
                     f"{len(folds) if isinstance(folds, list) else 'none'}"
                 )
-            for key in ("labels", "modalities", "cases", "dim"):
-                if key not in self.existing:
-                    raise DatasetImportError(f"{dataset_json}: missing {key!r}; cannot append")
+            try:
+                parse_dataset(self.existing, out, dataset_json)
+            except DatasetSpecError as error:
+                raise DatasetImportError(f"cannot append: {error}") from error
         elif self.overwrite:
             if not dataset_json.is_file():
                 raise DatasetImportError(
@@ -573,15 +573,15 @@ class DatasetBuilder:
 
         Returns:
             The output folder.
+
+        Raises:
+            DatasetImportError: If nothing was imported, or the dataset.json / splits.json
+                content violates the schema of :mod:`ummkd.data.schema` (checked there).
         """
         if self._tmp is None:
             raise RuntimeError("DatasetBuilder.finish used outside its `with` block")
         labels = dict(labels)
         modalities = {m: dict(cfg) for m, cfg in modalities.items()}
-        _validate_labels(labels)
-        validate_modalities(modalities, {c["modality"] for c in self._cases})
-        if dim not in (2, 3):
-            raise DatasetImportError(f"dim must be 2 or 3, got {dim}")
         if not self._cases:
             raise DatasetImportError("no cases were imported; check the input folder")
         split_ids = [i for split in splits for i in split.ids]
@@ -598,15 +598,25 @@ class DatasetBuilder:
             name, description, cases, modalities, splits_doc = self._merge_existing(
                 description, dim, labels, modalities, splits_doc
             )
-        dataset = {
+        dataset: dict[str, Any] = {
             "name": name,
             "description": description,
             "dim": dim,
             "labels": labels,
             "modalities": modalities,
             "cases": cases,
-            "splits": SPLITS_JSON,
         }
+        try:
+            parse_content(
+                dataset,
+                splits_doc,
+                root=self.out,
+                source=self.out / DATASET_JSON,
+                splits_source=self.out / SPLITS_JSON,
+            )
+        except DatasetSpecError as error:
+            raise DatasetImportError(str(error)) from error
+        dataset["splits"] = SPLITS_JSON
         write_json(dataset, self._tmp / DATASET_JSON)
         write_json(splits_doc, self._tmp / SPLITS_JSON)
         self._publish()
@@ -629,8 +639,8 @@ class DatasetBuilder:
                 f"{where}: labels {self.existing['labels']} differ from the new labels {labels}; "
                 "appended modalities must use the same label names and ids"
             )
-        if self.existing["dim"] != dim:
-            raise DatasetImportError(f"{where}: dim {self.existing['dim']} != new dim {dim}")
+        if self.existing.get("dim", 3) != dim:
+            raise DatasetImportError(f"{where}: dim {self.existing.get('dim', 3)} != new dim {dim}")
         merged = dict(self.existing["modalities"])
         for modality, config in modalities.items():
             if modality in merged and merged[modality] != config:
@@ -676,33 +686,13 @@ class DatasetBuilder:
         os.replace(self._tmp, out)
 
 
-def _validate_labels(labels: Mapping[str, int]) -> None:
-    """Check the shared label table: background 0, ids 0..C-1 each used once, C <= 256."""
-    if labels.get("background") != 0:
-        raise DatasetImportError(f"labels must contain 'background': 0, got {dict(labels)}")
-    if sorted(labels.values()) != list(range(len(labels))) or len(labels) > 256:
-        raise DatasetImportError(
-            f"label ids must be 0..C-1 (C <= 256), each used once: {dict(labels)}"
-        )
+def check_modality_settings(modality: str, config: Mapping[str, Any], out: Path) -> None:
+    """Check one modality's settings with the dataset schema before importing anything.
 
-
-def validate_modalities(modalities: Mapping[str, Mapping[str, Any]], used: Iterable[str]) -> None:
-    """Check normalization names and CT windows, and that every case's modality is described."""
-    for modality in used:
-        if modality not in modalities:
-            raise DatasetImportError(f"modality {modality!r} has cases but no settings")
-    for modality, config in modalities.items():
-        normalization = config.get("normalization")
-        if normalization not in NORMALIZATIONS:
-            raise DatasetImportError(
-                f"modality {modality!r}: normalization must be one of {NORMALIZATIONS}, "
-                f"got {normalization!r}"
-            )
-        window = config.get("window")
-        if window is not None:
-            if normalization != "ct":
-                raise DatasetImportError(f"modality {modality!r}: a window needs normalization ct")
-            if len(window) != 2 or not window[0] < window[1]:
-                raise DatasetImportError(
-                    f"modality {modality!r}: window must be [lo, hi], lo < hi, got {window}"
-                )
+    Raises:
+        DatasetImportError: Saying what is wrong (the message names ``out``'s dataset.json).
+    """
+    try:
+        parse_modality(modality, config, Path(out) / DATASET_JSON)
+    except DatasetSpecError as error:
+        raise DatasetImportError(str(error)) from error

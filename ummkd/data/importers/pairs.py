@@ -34,13 +34,13 @@ from ummkd.data.importers.common import (
     DatasetImportError,
     Split,
     add_output_arguments,
+    check_modality_settings,
     check_same_grid,
     natural_key,
     read_volume,
     remap_labels,
     sanitize_case_id,
     seeded_split,
-    validate_modalities,
 )
 from ummkd.data.io import strip_nifti_suffix
 
@@ -228,7 +228,7 @@ def import_pairs(
     }
     if window is not None:
         config["window"] = [float(window[0]), float(window[1])]
-    validate_modalities({modality: config}, [modality])
+    check_modality_settings(modality, config, out)
     inputs = [path for _, image, label in pairs for path in (image, label)]
     with DatasetBuilder(out, overwrite=overwrite, append=append, inputs=inputs) as builder:
         label_table = _resolve_labels(label_names, builder.existing)
