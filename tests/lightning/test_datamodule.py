@@ -220,21 +220,46 @@ def test_seeded_samples_do_not_depend_on_workers_or_random_state(
             assert not torch.equal(a[m]["image"], c[m]["image"]), "epochs must differ"
 
 
-def test_sampler_resumes_inside_an_epoch(tiny_dataset: Path, monkeypatch) -> None:
-    """A loader whose epoch already ran k batches yields the epoch's remaining batches."""
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_loader_state_resumes_inside_an_epoch(
+    tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch, num_workers: int
+) -> None:
+    """The loaders' ``state_dict`` after k batches, loaded into fresh loaders (as Lightning
+    does on a resume), gives exactly the epoch's remaining batches."""
     monkeypatch.setenv("PL_GLOBAL_SEED", "5")
-    dm = _dm(tiny_dataset, steps_per_epoch=3)
+    dm = _dm(tiny_dataset, steps_per_epoch=3, num_workers=num_workers)
     dm.setup("fit")
     full = _epoch_batches(dm, epoch=2)
     loader = dm.train_dataloader()
     for iterable in loader.iterables.values():
         iterable.sampler.set_epoch(2)
-        iterable.batches_done = lambda: 1
-    rest = [batch for batch, _, _ in loader]
-    assert len(rest) == 2
+    iterator = iter(loader)
+    next(iterator)
+    states = loader._state_dicts()
+    assert states == [{"epoch": 2, "position": dm.batch_size}] * 2
+    resumed = dm.train_dataloader()
+    resumed._load_state_dicts(states)
+    iterator = iter(resumed)  # Lightning creates the iterator before it sets the epoch
+    for iterable in resumed.iterables.values():
+        iterable.sampler.set_epoch(2)
+    rest = [next(iterator)[0] for _ in range(len(resumed) - 1)]  # Lightning stops at len()
+    assert resumed._state_dicts() == [{"epoch": 2, "position": 3 * dm.batch_size}] * 2
     for a, b in zip(full[1:], rest, strict=True):
         for m in ("ct", "mr"):
             torch.testing.assert_close(a[m]["image"], b[m]["image"])
+    # the resumed position applies once: the next pass of the epoch is whole again
+    assert len([batch for batch, _, _ in resumed]) == 3
+
+
+def test_loaders_without_a_seed_are_not_resumable(
+    tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unseeded loaders have no exact mid-epoch position, so they claim none (Lightning warns
+    when it resumes them inside an epoch)."""
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    dm = _dm(tiny_dataset)
+    dm.setup("fit")
+    assert dm.train_dataloader()._state_dicts() == []
 
 
 def test_disk_cache_is_keyed_by_the_preprocessing(tiny_dataset: Path, tmp_path: Path) -> None:

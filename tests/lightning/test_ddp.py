@@ -260,7 +260,7 @@ class _CacheRecorder(Callback):
         datasets = trainer.datamodule._datasets
         held: dict[str, Any] = {}
         for m in pl_module.modalities:
-            train_cache = datasets["train"][m].data  # _TrainingSamples(CacheDataset)
+            train_cache = datasets["train"][m].data  # SeededSamples(CacheDataset)
             held[f"train_{m}"] = [r["id"] for r in train_cache.data]
             val_cache = datasets["val"][m]
             held[f"val_{m}"] = [

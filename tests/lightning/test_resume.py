@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -100,10 +101,19 @@ def _assert_same_training_state(a: dict, b: dict) -> None:
         torch.testing.assert_close(group_b["exp_avg"], group_a["exp_avg"], rtol=1e-5, atol=1e-7)
 
 
+# Lightning's warning on a mid-epoch resume of loaders without `state_dict`/`load_state_dict`
+# (lightning/pytorch/loops/training_epoch_loop.py)
+NOT_RESUMABLE = "your dataloader is not resumable"
+
+
 @pytest.mark.slow
-def test_resume_from_the_middle_of_an_epoch_is_exact(tiny_dataset: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_from_the_middle_of_an_epoch_is_exact(
+    tiny_dataset: Path, tmp_path: Path, num_workers: int
+) -> None:
     """A checkpoint after batch 1 of epoch 1 (step 4 of 3-step epochs, e.g. SLURM's
-    ``hpc_ckpt``) resumes with the remaining batches of that epoch, exactly as uninterrupted."""
+    ``hpc_ckpt``) resumes with the remaining batches of that epoch, exactly as uninterrupted:
+    the checkpoint holds the loaders' position and Lightning does not warn about it."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     every_2_steps = tmp_path / "steps.yaml"
     every_2_steps.write_text(
@@ -117,12 +127,18 @@ def test_resume_from_the_middle_of_an_epoch_is_exact(tiny_dataset: Path, tmp_pat
         "        every_n_train_steps: 2\n"
         "        save_top_k: -1\n"
     )
-    config_a = tiny_config(tmp_path / "a.yaml", tiny_dataset, straight, num_workers=1)
+    config_a = tiny_config(tmp_path / "a.yaml", tiny_dataset, straight, num_workers=num_workers)
     _fit(config_a, "--config", str(every_2_steps), "--trainer.max_epochs=3")
     middle = tmp_path / "steps" / "step4.ckpt"
-    assert _load(middle)["global_step"] == 4  # epoch 1, one of its 3 batches done
-    config_b = tiny_config(tmp_path / "b.yaml", tiny_dataset, resumed, num_workers=1)
-    _fit(config_b, "--trainer.max_epochs=3", f"--ckpt_path={middle}")
+    ckpt = _load(middle)
+    assert ckpt["global_step"] == 4  # epoch 1, one of its 3 batches done
+    loader_states = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert loader_states == [{"epoch": 1, "position": 2}] * 2  # batch_size 2, ct and mr
+    config_b = tiny_config(tmp_path / "b.yaml", tiny_dataset, resumed, num_workers=num_workers)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(config_b, "--trainer.max_epochs=3", f"--ckpt_path={middle}")
+    assert not [w for w in caught if NOT_RESUMABLE in str(w.message)]
     a, b = _load(_newest(straight)), _load(_newest(resumed))
     assert a["global_step"] == 3 * STEPS
     _assert_same_training_state(a, b)

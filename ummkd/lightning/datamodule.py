@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,8 +21,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
-from monai.transforms import Compose, apply_transform
-from torch.utils.data import DistributedSampler
+from monai.transforms import Compose
 
 from ummkd.data.dataset_spec import (
     Case,
@@ -32,6 +31,7 @@ from ummkd.data.dataset_spec import (
     read_splits,
     remap_labels,
 )
+from ummkd.data.sampling import EpochSampler, SeededSamples
 from ummkd.data.synthetic import make_synthetic_dataset
 from ummkd.data.transforms import (
     AugmentationConfig,
@@ -69,94 +69,47 @@ class SyntheticOptions:
     dim: int = 3
 
 
-class _TrainingSamples(Dataset):
-    """One epoch of training samples, cycling over the cached cases.
-
-    The sampler's indices are ``epoch * len(self) + position``; each item is a shallow copy of
-    a cached record with its epoch ``position`` added as ``"sample_index"`` (collated into the
-    batches; used to check DDP sharding). With a ``seed``, the random transforms (slice / patch
-    sampling and augmentation) are reseeded for every item from ``(seed, stream, epoch,
-    position)``, so a sample depends neither on the worker process that draws it nor on the
-    samples drawn before it: a resumed run draws exactly the samples of an uninterrupted one,
-    with any number of loader workers.
-    """
-
-    def __init__(
-        self,
-        cases: Sequence,
-        length: int,
-        transform: Compose,
-        seed: int | None = None,
-        stream: int = 0,
-    ) -> None:
-        super().__init__(cases, transform)
-        self.length = length
-        self.seed = seed
-        self.stream = stream
-
-    def __len__(self) -> int:
-        return self.length
-
-    def _transform(self, index: int) -> Any:
-        epoch, position = divmod(int(index), self.length)
-        record = {**self.data[position % len(self.data)], "sample_index": position}
-        if self.seed is not None:
-            entropy = [self.seed, self.stream, epoch, position]
-            self.transform.set_random_state(
-                seed=int(np.random.SeedSequence(entropy).generate_state(1)[0])
-            )
-        return apply_transform(self.transform, record)
-
-
-class _EpochSampler(DistributedSampler):
-    """This rank's share of a random order that is a function of ``(seed, epoch)`` only.
-
-    Yields ``epoch * len(dataset) + position`` (see :class:`_TrainingSamples`). Lightning calls
-    :meth:`set_epoch` at every epoch start and leaves a ``DistributedSampler`` in place under
-    DDP, so the same class serves one process and many. :meth:`start_at` skips the positions a
-    resumed run already trained on in its first (interrupted) epoch.
-    """
-
-    def __init__(self, dataset: Dataset, *, num_replicas: int, rank: int, seed: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        self.start = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(epoch)
-        self.start = 0
-
-    def start_at(self, position: int) -> None:
-        """Begin the current epoch at this position of this rank's share."""
-        self.start = position
-
-    def __iter__(self) -> Iterator[int]:
-        length = len(self.dataset)
-        state = np.random.SeedSequence([self.seed, self.epoch]).generate_state(2)
-        generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-        order = torch.randperm(length, generator=generator).tolist()
-        order += order[: self.total_size - length]  # pad like DistributedSampler
-        share = order[self.rank : self.total_size : self.num_replicas]
-        return iter([self.epoch * length + p for p in share[self.start :]])
-
-
 class _TrainingLoader(DataLoader):
-    """A DataLoader that creates its iterator (and starts its workers) at the first batch.
+    """A training loader that Lightning checkpoints and resumes inside an epoch.
 
-    Lightning calls ``iter()`` on the training loader before ``set_epoch`` and before
-    ``on_train_epoch_start`` when a run starts or resumes, and a multi-process iterator draws
-    sampler indices as soon as it exists. Deferring it to the first ``next()`` lets the sampler
-    see the right epoch and, through ``batches_done``, skip the batches a resumed run already
-    trained on in its interrupted epoch.
+    Lightning saves the ``state_dict`` of every train loader that has one with the loops'
+    state of a checkpoint and, on a resume inside an epoch, passes it to ``load_state_dict``
+    before it iterates. The state is the epoch and the position in it (samples of this rank's
+    share already trained on; equal on all ranks, so rank 0's checkpoint serves every rank);
+    the first iterator of that epoch starts there (:meth:`EpochSampler.start_at`).
 
-    Attributes:
-        batches_done: returns the batches of the current epoch already trained on (set by
-            the datamodule; ``None``: start every epoch at its first batch).
+    The real iterator (and its worker processes) is created at the first ``next()``: Lightning
+    calls ``iter()`` in ``FitLoop.setup_data`` before ``set_epoch``, and on a resume from an
+    end-of-epoch checkpoint it loads no loader state, so a multi-process iterator created then
+    would draw the indices of the sampler's initial epoch instead of the resumed one.
     """
 
-    batches_done: Callable[[], int] | None = None
+    _resume: tuple[int, int] | None = None  # (epoch, position) loaded from a checkpoint
+    _epoch = 0  # epoch and position of the current iterator
+    _position = 0
 
     def __iter__(self) -> Iterator[Any]:
         return _DeferredIterator(self)
+
+    def state_dict(self) -> dict[str, int]:
+        """The epoch and the samples of this rank's share of it already yielded."""
+        return {"epoch": self._epoch, "position": self._position}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Start the next iteration of ``state_dict["epoch"]`` at its saved position."""
+        self._resume = (int(state_dict["epoch"]), int(state_dict["position"]))
+
+    def _start(self) -> Iterator[Any]:
+        """The real iterator of the sampler's current epoch, from the resumed position."""
+        sampler = self.sampler
+        assert isinstance(sampler, EpochSampler)
+        position = 0
+        if self._resume is not None and self._resume[0] == sampler.epoch:
+            position = self._resume[1]
+        self._resume = None
+        sampler.start_at(position)
+        self._epoch, self._position = sampler.epoch, position
+        return DataLoader.__iter__(self)
 
 
 class _DeferredIterator:
@@ -171,11 +124,10 @@ class _DeferredIterator:
 
     def __next__(self) -> Any:
         if self.iterator is None:
-            sampler = self.loader.sampler
-            if isinstance(sampler, _EpochSampler) and self.loader.batches_done is not None:
-                sampler.start_at(self.loader.batches_done() * (self.loader.batch_size or 1))
-            self.iterator = DataLoader.__iter__(self.loader)
-        return next(self.iterator)
+            self.iterator = self.loader._start()
+        batch = next(self.iterator)
+        self.loader._position += self.loader.batch_size or 1
+        return batch
 
 
 class UnpairedDataModule(pl.LightningDataModule):
@@ -490,7 +442,7 @@ class UnpairedDataModule(pl.LightningDataModule):
         stream = self.modalities.index(modality)
         if seed is not None and self.shard_cases:
             stream += len(self.modalities) * self._world()[0]  # each rank its own cases
-        return _TrainingSamples(cached, length, sampler, seed=seed, stream=stream)
+        return SeededSamples(cached, length, sampler, seed=seed, stream=stream)
 
     def _eval_dataset(self, modality: str, split: str) -> Dataset:
         if split == "test":  # scored on the stored grid: the invertible inference preprocessing
@@ -554,49 +506,38 @@ class UnpairedDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> CombinedLoader:
         """One shuffled loader per modality, combined in ``max_size_cycle`` mode.
 
-        With a global seed (``seed_everything``) every loader uses an :class:`_EpochSampler`
+        With a global seed (``seed_everything``) every loader uses an :class:`EpochSampler`
         (order a function of the seed, the modality and the epoch; one share per DDP rank) and
-        the samples are seeded per item (:class:`_TrainingSamples`): an epoch's batches do not
+        the samples are seeded per item (:class:`SeededSamples`): an epoch's batches do not
         depend on the random state, the worker count or on when Lightning creates the
-        iterator, so a resumed run, also from a checkpoint in the middle of an epoch,
-        continues with exactly the batches of the uninterrupted run. Without a seed, loaders
-        shuffle from fresh entropy (under DDP Lightning injects its ``DistributedSampler``).
+        iterator. The loaders are resumable (:class:`_TrainingLoader`): a run resumed from a
+        checkpoint, also one in the middle of an epoch, continues with exactly the batches of
+        the uninterrupted run. Without a seed, loaders shuffle from fresh entropy (under DDP
+        Lightning injects its ``DistributedSampler``) and are not resumable inside an epoch.
         """
         seed = _global_seed()
         rank, world_size = self._world()
-        loaders = {}
+        loaders: dict[str, DataLoader] = {}
         for i, m in enumerate(self.modalities):
             dataset = self._datasets["train"][m]
+            options: dict[str, Any] = {
+                "batch_size": self.batch_size,
+                "num_workers": self.num_workers,
+                "persistent_workers": self.num_workers > 0,
+                "drop_last": True,
+            }
             if seed is None:
                 entropy = int(torch.empty((), dtype=torch.int64).random_().item())
-                sampler, generator = None, torch.Generator().manual_seed(entropy)
-            else:
-                loader_seed = seed + 7919 * i
-                sampler = _EpochSampler(
-                    dataset, num_replicas=world_size, rank=rank, seed=loader_seed
-                )
-                # The loader's own generator (workers' base seed) keeps iterator creation from
-                # consuming the global random stream that drives dropout.
-                generator = torch.Generator().manual_seed(loader_seed)
-            loader = _TrainingLoader(
-                dataset,
-                batch_size=self.batch_size,
-                shuffle=sampler is None,
-                sampler=sampler,
-                generator=generator,
-                num_workers=self.num_workers,
-                persistent_workers=self.num_workers > 0,
-                drop_last=True,
-            )
-            loader.batches_done = self._batches_done_this_epoch
-            loaders[m] = loader
+                generator = torch.Generator().manual_seed(entropy)
+                loaders[m] = DataLoader(dataset, shuffle=True, generator=generator, **options)
+                continue
+            loader_seed = seed + 7919 * i
+            sampler = EpochSampler(dataset, num_replicas=world_size, rank=rank, seed=loader_seed)
+            # The loader's own generator (workers' base seed) keeps iterator creation from
+            # consuming the global random stream that drives dropout.
+            generator = torch.Generator().manual_seed(loader_seed)
+            loaders[m] = _TrainingLoader(dataset, sampler=sampler, generator=generator, **options)
         return CombinedLoader(loaders, mode="max_size_cycle")
-
-    def _batches_done_this_epoch(self) -> int:
-        """Training batches of the current epoch already run (non-zero only when resuming)."""
-        if self.trainer is None:
-            return 0
-        return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.ready)
 
     def _eval_loaders(self, split: str) -> list[DataLoader]:
         return [
