@@ -126,7 +126,7 @@ def test_predict_round_trip_keeps_geometry(
         "--data.predict_modality=mr",
         "--data.orientation=RAS",
         "--data.spacing=[2.5,2.5,4.0]",
-        f"--output={out}",
+        f"--out={out}",
         "--save_probabilities=true",
         *FAST,
         *TINY_2D,
@@ -143,7 +143,7 @@ def test_predict_round_trip_keeps_geometry(
     main([*args, "--overwrite=true"])
     # predictions may not be written next to the inputs
     _refused(
-        [a if not a.startswith("--output=") else f"--output={inputs}" for a in args],
+        [a if not a.startswith("--out=") else f"--out={inputs}" for a in args],
         capsys,
         "holds the input",
     )
@@ -160,7 +160,7 @@ def _predict_args(run_dir: Path, root: Path, inputs: Path, out: Path, *extra: st
         f"--data.predict_images={inputs}/*.nii.gz",
         "--data.predict_modality=mr",
         "--data.spacing=[2.5,2.5,4.0]",
-        f"--output={out}",
+        f"--out={out}",
         "--save_probabilities=true",
         *FAST,
         *TINY_2D,
