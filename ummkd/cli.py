@@ -150,6 +150,7 @@ class UMMKDCLI(LightningCLI):
             CheckpointError: The checkpoint is missing, truncated or not a checkpoint.
         """
         self._checkpoint_modalities: list[str] | None = None
+        self._checkpoint_run: Path | None = None
         sub = self.config.get("subcommand")
         if sub is None:
             return
@@ -168,6 +169,12 @@ class UMMKDCLI(LightningCLI):
         if cfg.get("ckpt_path"):
             checkpoint = read_checkpoint(cfg["ckpt_path"])
             self._checkpoint_modalities = checkpoint_modalities(checkpoint)
+        self._checkpoint_run = None
+        ckpt = Path(cfg["ckpt_path"]).resolve() if cfg.get("ckpt_path") else None
+        if sub != "fit" and ckpt is not None and ckpt.parent.name == "checkpoints":
+            # test/validate/predict of a run's checkpoint log and report into that run folder
+            self._checkpoint_run = ckpt.parent.parent
+            os.environ[_RUN_VERSION_ENV] = self._checkpoint_run.name
 
     def _check_checkpoint_modalities(self) -> None:
         """Refuse a checkpoint trained for other modalities than the data's (named in the error).
@@ -208,15 +215,32 @@ class UMMKDCLI(LightningCLI):
         self._check_checkpoint_modalities()
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        """Default loggers (TensorBoard + CSV) share one run folder below ``default_root_dir``."""
+        """Default loggers (TensorBoard + CSV) share one run folder below ``default_root_dir``.
+
+        ``test``, ``validate`` and ``predict`` of a checkpoint in a run folder
+        (``RUN/checkpoints/x.ckpt``) use that run folder instead of a new one: the report and
+        TensorBoard events go into ``RUN``, the CSV metrics into ``RUN/<subcommand>/`` (Lightning
+        would replace the training's ``metrics.csv``) and the config into
+        ``RUN/config-<subcommand>.yaml``.
+        """
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         root = trainer_cfg.get("default_root_dir") or _DEFAULT_ROOT
+        run = getattr(self, "_checkpoint_run", None)
+        if run is not None:
+            root = str(run.parent)
+            self.save_config_kwargs = {
+                **self.save_config_kwargs,
+                "config_filename": f"config-{self.subcommand}.yaml",
+                "overwrite": True,
+            }
         if trainer_cfg.get("logger") in (None, True) and "logger" not in kwargs:
             version = run_version()
-            kwargs["logger"] = [
-                TensorBoardLogger(root, name="", version=version),
-                CSVLogger(root, name="", version=version),
-            ]
+            csv = (
+                CSVLogger(run, name="", version=self.subcommand)
+                if run is not None
+                else CSVLogger(root, name="", version=version)
+            )
+            kwargs["logger"] = [TensorBoardLogger(root, name="", version=version), csv]
         # A W&B logger (WandbRunLogger) without save_dir gets the same per-run folder.
         bind_run_dir(kwargs.get("logger", trainer_cfg.get("logger")), Path(root) / run_version())
         # Checkpoints are written atomically unless a CheckpointIO plugin is configured.

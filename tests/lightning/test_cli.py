@@ -62,6 +62,10 @@ def test_fit_writes_checkpoints_config_and_metrics(trained_run: Path) -> None:
 
 
 def test_test_writes_report(trained_run: Path, tiny_dataset: Path) -> None:
+    (best,) = trained_run.rglob("best*.ckpt")
+    run_folder = best.parent.parent
+    runs_before = sorted(p.name for p in trained_run.iterdir())
+    fit_metrics = (run_folder / "metrics.csv").read_text()
     main(
         [
             "test",
@@ -83,6 +87,12 @@ def test_test_writes_report(trained_run: Path, tiny_dataset: Path) -> None:
         assert [c["id"] for c in stats["cases"]]
     assert (summaries[-1].parent / "results.md").is_file()
     assert (summaries[-1].parent / "dice.png").is_file()
+    # the report lands in the run folder of the checkpoint it scored, no new run folder
+    assert summaries[-1].parent == run_folder
+    assert sorted(p.name for p in trained_run.iterdir()) == runs_before
+    assert (run_folder / "metrics.csv").read_text() == fit_metrics
+    assert "test/" in (run_folder / "test" / "metrics.csv").read_text()
+    assert (run_folder / "config.yaml").is_file() and (run_folder / "config-test.yaml").is_file()
 
 
 def _oblique_lps_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
