@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -38,7 +38,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ummkd import __version__
 from ummkd.errors import CheckpointError, UMMKDError, UsageError
-from ummkd.lightning.callbacks import NiftiPredictionWriter, ResultsReport, ValidationImages
+from ummkd.lightning.callbacks import NiftiPredictionWriter
 from ummkd.lightning.checkpoints import AtomicCheckpointIO, checkpoint_modalities, read_checkpoint
 from ummkd.lightning.datamodule import UnpairedDataModule
 from ummkd.lightning.module import UMMKDModule
@@ -110,10 +110,11 @@ class UMMKDCLI(LightningCLI):
         parser.link_arguments("data.patch_size", "model.roi_size")
         parser.set_defaults(
             {
+                "trainer.callbacks": default_callbacks(),
                 "model.network": {
                     "class_path": "ummkd.nn.DilatedResNet2d",
                     "init_args": {"modalities": None},
-                }
+                },
             }
         )
 
@@ -332,25 +333,39 @@ def find_checkpoint(
     )
 
 
+def default_callbacks() -> list[dict[str, Any]]:
+    """The default ``trainer.callbacks``, as config entries (shown by ``--print_config``).
+
+    The best checkpoint on ``val/dice_best``, ``last.ckpt`` after every epoch, the learning
+    rate, the test report and the validation images. A config or flag that sets
+    ``trainer.callbacks`` replaces the list; ``--trainer.callbacks+=...`` appends to it.
+    """
+    checkpoint = "lightning.pytorch.callbacks.ModelCheckpoint"
+    return [
+        {
+            "class_path": checkpoint,
+            "init_args": {
+                "monitor": "val/dice_best",
+                "mode": "max",
+                "filename": "best-epoch{epoch:03d}-dice{val/dice_best:.4f}",
+                "auto_insert_metric_name": False,
+                "save_last": False,
+            },
+        },
+        # No monitor: rewritten after every epoch, so `--ckpt_path last` resumes the latest
+        # state (a monitored callback only refreshes last.ckpt when the metric improves).
+        {
+            "class_path": checkpoint,
+            "init_args": {"filename": "last", "enable_version_counter": False},
+        },
+        {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"},
+        {"class_path": "ummkd.lightning.callbacks.ResultsReport"},
+        {"class_path": "ummkd.lightning.callbacks.ValidationImages"},
+    ]
+
+
 def _trainer_defaults() -> dict[str, Any]:
-    return {
-        "default_root_dir": _DEFAULT_ROOT,
-        "callbacks": [
-            ModelCheckpoint(
-                monitor="val/dice_best",
-                mode="max",
-                filename="best-epoch{epoch:03d}-dice{val/dice_best:.4f}",
-                auto_insert_metric_name=False,
-                save_last=False,
-            ),
-            # No monitor: rewritten after every epoch, so `--ckpt_path last` resumes the latest
-            # state (a monitored callback only refreshes last.ckpt when the metric improves).
-            ModelCheckpoint(filename="last", enable_version_counter=False),
-            LearningRateMonitor(),
-            ResultsReport(),
-            ValidationImages(),
-        ],
-    }
+    return {"default_root_dir": _DEFAULT_ROOT}
 
 
 def user_error(error: BaseException) -> BaseException | None:

@@ -48,7 +48,15 @@ def test_fit_writes_checkpoints_config_and_metrics(trained_run: Path) -> None:
     last = list(trained_run.rglob("last.ckpt"))
     best = list(trained_run.rglob("best*.ckpt"))
     assert len(last) == 1 and len(best) == 1
-    assert list(trained_run.rglob("config.yaml"))
+    (config,) = trained_run.rglob("config.yaml")
+    callbacks = yaml.safe_load(config.read_text())["trainer"]["callbacks"]
+    assert [c["class_path"].rsplit(".", 1)[1] for c in callbacks] == [
+        "ModelCheckpoint",
+        "ModelCheckpoint",
+        "LearningRateMonitor",
+        "ResultsReport",
+        "ValidationImages",
+    ]
     metrics = next(trained_run.rglob("metrics.csv")).read_text()
     for key in ("train/loss", "train/seg_ct", "train/seg_mr", "train/kd", "val/dice_ct"):
         assert key in metrics
