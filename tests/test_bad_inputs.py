@@ -110,7 +110,7 @@ def test_predict_refusals(dataset: Path, tmp_path: Path, cache_env: dict[str, st
         f"--data.root={dataset}",
         f"--trainer.default_root_dir={tmp_path / 'runs'}",
         "--data.predict_modality=mr",
-        f"--output={tmp_path / 'preds'}",
+        f"--out={tmp_path / 'preds'}",
         *FAST,
         *SMALL_NET,
     ]

@@ -109,7 +109,7 @@ def test_segment_equals_predict_from_the_checkpoint(
             f"--ckpt_path={packages['ckpt0']}",
             f"--data.predict_images={scan}",
             "--data.predict_modality=mr",
-            f"--output={preds}",
+            f"--out={preds}",
             f"--trainer.default_root_dir={tmp_path / 'runs'}",
             *FAST,
             *TINY_2D,

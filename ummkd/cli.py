@@ -1,11 +1,13 @@
-"""The ``ummkd`` command line: LightningCLI (fit/validate/test/predict) plus ``data``/``evaluate``.
+"""The ``ummkd`` command line: LightningCLI (fit/validate/test/predict) plus plain commands.
+
+``ummkd --help`` lists every command (:data:`COMMANDS`); ``ummkd --version`` prints the version.
 
 Examples::
 
     ummkd fit --config configs/demo.yaml
     ummkd test --config configs/demo.yaml --ckpt_path last
     ummkd predict --config configs/demo.yaml --ckpt_path best \
-        --data.predict_images 'scans/*.nii.gz' --data.predict_modality mr --output preds/
+        --data.predict_images 'scans/*.nii.gz' --data.predict_modality mr --out preds/
     ummkd data check data/abdominal
     ummkd evaluate --pred preds/ --ref labels/
     ummkd sweep-dry-run configs/sweeps/kd_lr.yaml --count 3
@@ -28,18 +30,36 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from ummkd import __version__
 from ummkd.errors import CheckpointError, UMMKDError, UsageError
-from ummkd.lightning.callbacks import NiftiPredictionWriter, ResultsReport, ValidationImages
+from ummkd.lightning.callbacks import NiftiPredictionWriter
 from ummkd.lightning.checkpoints import AtomicCheckpointIO, checkpoint_modalities, read_checkpoint
 from ummkd.lightning.datamodule import UnpairedDataModule
 from ummkd.lightning.module import UMMKDModule
 from ummkd.lightning.wandb import WandbSaveConfigCallback, bind_run_dir
+
+# Every command with its one-line description, in the order ``ummkd --help`` lists them.
+COMMANDS = {
+    "fit": "train a model (checkpoints, logs, config.yaml in a new run folder)",
+    "validate": "score a checkpoint on the validation cases",
+    "test": "score a checkpoint on the test cases (summary.json, results.md in its run folder)",
+    "predict": "write NIfTI label maps of new scans with a checkpoint (--out DIR)",
+    "data": "import, generate or check datasets (ummkd data {import,synth,check})",
+    "evaluate": "score any folder of label maps against references (Dice, ASSD, HD95)",
+    "reproduce": "train and test the paper's variants, with cross-validation and statistics",
+    "export": "write a self-contained model package from a checkpoint",
+    "segment": "segment NIfTI files or DICOM series with model packages",
+    "sweep-dry-run": "render and parse sampled commands of a W&B sweep file (no training)",
+}
+_LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+# predict's deprecated flag -> its name now (a one-line note is printed when it is used)
+_DEPRECATED_PREDICT_FLAGS = {"--output": "--out"}
 
 # Subcommands outside LightningCLI: name -> module with ``main(argv) -> int`` (exit code).
 _PLAIN_COMMANDS = {
@@ -88,21 +108,28 @@ class UMMKDCLI(LightningCLI):
         parser.link_arguments("data.mode", "model.spatial_mode")
         parser.link_arguments("data.num_adjacent", "model.num_adjacent")
         parser.link_arguments("data.patch_size", "model.roi_size")
-        parser.add_argument("--output", type=str | None, default=None, help="Prediction folder.")
-        parser.add_argument(
-            "--overwrite", type=bool, default=False, help="Replace existing prediction files."
-        )
-        parser.add_argument(
-            "--save_probabilities", type=bool, default=False, help="Also write probabilities."
-        )
         parser.set_defaults(
             {
+                "trainer.callbacks": default_callbacks(),
                 "model.network": {
                     "class_path": "ummkd.nn.DilatedResNet2d",
                     "init_args": {"modalities": None},
-                }
+                },
             }
         )
+
+    def _prepare_subcommand_parser(
+        self, klass: type, subcommand: str, **kwargs: Any
+    ) -> LightningArgumentParser:
+        """Add the prediction options to the ``predict`` parser only.
+
+        LightningCLI has no public per-subcommand hook (``add_arguments_to_parser`` gets every
+        subcommand's parser), so the options are added here, after Lightning's own.
+        """
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            add_predict_arguments(parser)
+        return parser
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse, then check a checkpoint file given by path before Lightning reads it.
@@ -124,6 +151,7 @@ class UMMKDCLI(LightningCLI):
             CheckpointError: The checkpoint is missing, truncated or not a checkpoint.
         """
         self._checkpoint_modalities: list[str] | None = None
+        self._checkpoint_run: Path | None = None
         sub = self.config.get("subcommand")
         if sub is None:
             return
@@ -142,6 +170,12 @@ class UMMKDCLI(LightningCLI):
         if cfg.get("ckpt_path"):
             checkpoint = read_checkpoint(cfg["ckpt_path"])
             self._checkpoint_modalities = checkpoint_modalities(checkpoint)
+        self._checkpoint_run = None
+        ckpt = Path(cfg["ckpt_path"]).resolve() if cfg.get("ckpt_path") else None
+        if sub != "fit" and ckpt is not None and ckpt.parent.name == "checkpoints":
+            # test/validate/predict of a run's checkpoint log and report into that run folder
+            self._checkpoint_run = ckpt.parent.parent
+            os.environ[_RUN_VERSION_ENV] = self._checkpoint_run.name
 
     def _check_checkpoint_modalities(self) -> None:
         """Refuse a checkpoint trained for other modalities than the data's (named in the error).
@@ -182,15 +216,32 @@ class UMMKDCLI(LightningCLI):
         self._check_checkpoint_modalities()
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        """Default loggers (TensorBoard + CSV) share one run folder below ``default_root_dir``."""
+        """Default loggers (TensorBoard + CSV) share one run folder below ``default_root_dir``.
+
+        ``test``, ``validate`` and ``predict`` of a checkpoint in a run folder
+        (``RUN/checkpoints/x.ckpt``) use that run folder instead of a new one: the report and
+        TensorBoard events go into ``RUN``, the CSV metrics into ``RUN/<subcommand>/`` (Lightning
+        would replace the training's ``metrics.csv``) and the config into
+        ``RUN/config-<subcommand>.yaml``.
+        """
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         root = trainer_cfg.get("default_root_dir") or _DEFAULT_ROOT
+        run = getattr(self, "_checkpoint_run", None)
+        if run is not None:
+            root = str(run.parent)
+            self.save_config_kwargs = {
+                **self.save_config_kwargs,
+                "config_filename": f"config-{self.subcommand}.yaml",
+                "overwrite": True,
+            }
         if trainer_cfg.get("logger") in (None, True) and "logger" not in kwargs:
             version = run_version()
-            kwargs["logger"] = [
-                TensorBoardLogger(root, name="", version=version),
-                CSVLogger(root, name="", version=version),
-            ]
+            csv = (
+                CSVLogger(run, name="", version=self.subcommand)
+                if run is not None
+                else CSVLogger(root, name="", version=version)
+            )
+            kwargs["logger"] = [TensorBoardLogger(root, name="", version=version), csv]
         # A W&B logger (WandbRunLogger) without save_dir gets the same per-run folder.
         bind_run_dir(kwargs.get("logger", trainer_cfg.get("logger")), Path(root) / run_version())
         # Checkpoints are written atomically unless a CheckpointIO plugin is configured.
@@ -206,14 +257,25 @@ class UMMKDCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def before_predict(self) -> None:
-        """Check the checkpoint against the data; attach the NIfTI writer of ``--output``."""
+        """Check the checkpoint against the data; attach the NIfTI writer of ``--out``."""
         self._check_checkpoint_modalities()
         cfg = self.config["predict"]
-        if not cfg.get("output"):
-            raise UsageError("predict needs --output DIR (where the label maps are written)")
+        if not cfg.get("out"):
+            raise UsageError("predict needs --out DIR (where the label maps are written)")
         self.trainer.callbacks.append(
-            NiftiPredictionWriter(cfg.output, cfg.overwrite, cfg.save_probabilities)
+            NiftiPredictionWriter(cfg.out, cfg.overwrite, cfg.save_probabilities)
         )
+
+
+def add_predict_arguments(parser: LightningArgumentParser) -> None:
+    """The options of ``ummkd predict`` only; booleans work as bare flags or with a value."""
+    parser.add_argument("--out", type=str | None, default=None, help="Prediction folder.")
+    for name, text in (
+        ("--overwrite", "Replace existing prediction files."),
+        ("--save_probabilities", "Also write the class probabilities (<case>_probs.nii.gz)."),
+    ):
+        # nargs="?" + const: a bare flag means true; `--flag true|false` works too.
+        parser.add_argument(name, type=bool, default=False, nargs="?", const=True, help=text)
 
 
 def _listing(names: Sequence[str]) -> str:
@@ -271,25 +333,39 @@ def find_checkpoint(
     )
 
 
+def default_callbacks() -> list[dict[str, Any]]:
+    """The default ``trainer.callbacks``, as config entries (shown by ``--print_config``).
+
+    The best checkpoint on ``val/dice_best``, ``last.ckpt`` after every epoch, the learning
+    rate, the test report and the validation images. A config or flag that sets
+    ``trainer.callbacks`` replaces the list; ``--trainer.callbacks+=...`` appends to it.
+    """
+    checkpoint = "lightning.pytorch.callbacks.ModelCheckpoint"
+    return [
+        {
+            "class_path": checkpoint,
+            "init_args": {
+                "monitor": "val/dice_best",
+                "mode": "max",
+                "filename": "best-epoch{epoch:03d}-dice{val/dice_best:.4f}",
+                "auto_insert_metric_name": False,
+                "save_last": False,
+            },
+        },
+        # No monitor: rewritten after every epoch, so `--ckpt_path last` resumes the latest
+        # state (a monitored callback only refreshes last.ckpt when the metric improves).
+        {
+            "class_path": checkpoint,
+            "init_args": {"filename": "last", "enable_version_counter": False},
+        },
+        {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"},
+        {"class_path": "ummkd.lightning.callbacks.ResultsReport"},
+        {"class_path": "ummkd.lightning.callbacks.ValidationImages"},
+    ]
+
+
 def _trainer_defaults() -> dict[str, Any]:
-    return {
-        "default_root_dir": _DEFAULT_ROOT,
-        "callbacks": [
-            ModelCheckpoint(
-                monitor="val/dice_best",
-                mode="max",
-                filename="best-epoch{epoch:03d}-dice{val/dice_best:.4f}",
-                auto_insert_metric_name=False,
-                save_last=False,
-            ),
-            # No monitor: rewritten after every epoch, so `--ckpt_path last` resumes the latest
-            # state (a monitored callback only refreshes last.ckpt when the metric improves).
-            ModelCheckpoint(filename="last", enable_version_counter=False),
-            LearningRateMonitor(),
-            ResultsReport(),
-            ValidationImages(),
-        ],
-    }
+    return {"default_root_dir": _DEFAULT_ROOT}
 
 
 def user_error(error: BaseException) -> BaseException | None:
@@ -317,7 +393,7 @@ def main(args: Sequence[str] | None = None) -> None:
     """
     argv = list(sys.argv[1:] if args is None else args)
     debug = _TRACEBACK_FLAG in argv or os.environ.get(_DEBUG_ENV, "") not in ("", "0")
-    argv = [a for a in argv if a != _TRACEBACK_FLAG]
+    argv = _replace_deprecated_flags([a for a in argv if a != _TRACEBACK_FLAG])
     if args is None:  # DDP workers re-run sys.argv: they get the flag from the environment
         sys.argv[1:] = argv
         if debug:
@@ -336,9 +412,53 @@ def main(args: Sequence[str] | None = None) -> None:
         raise SystemExit(getattr(found, "exit_code", 2)) from None
 
 
+def _replace_deprecated_flags(argv: list[str]) -> list[str]:
+    """``predict --output`` -> ``--out``, with a one-line deprecation note on stderr."""
+    if not argv or argv[0] != "predict":
+        return argv
+    replaced = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        if name in _DEPRECATED_PREDICT_FLAGS:
+            new = _DEPRECATED_PREDICT_FLAGS[name]
+            if "LOCAL_RANK" not in os.environ:
+                print(f"ummkd predict: note: {name} is deprecated, use {new}", file=sys.stderr)
+            arg = f"{new}{sep}{value}"
+        replaced.append(arg)
+    return replaced
+
+
+def top_level_help() -> str:
+    """The text of ``ummkd --help``: usage and every command with its one-line description."""
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        "usage: ummkd [-h] [--version] COMMAND ...",
+        "",
+        "Unpaired multi-modal (CT + MRI) segmentation via knowledge distillation.",
+        "",
+        "commands:",
+        *(f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()),
+        "",
+        "options:",
+        "  -h, --help   show this help and exit (`ummkd COMMAND --help`: the command's options)",
+        "  --version    print the version and exit",
+        f"  {_TRACEBACK_FLAG}  show the full traceback of an error (also: {_DEBUG_ENV}=1)",
+        "",
+        "Every command names its output folder --out (reproduce: --results and --runs); see",
+        'README.md, "Command-line conventions".',
+    ]
+    return "\n".join(lines)
+
+
 def _run(argv: list[str], *, from_sys_argv: bool) -> None:
     """Run one ``ummkd`` command (``argv``: the arguments, also in ``sys.argv`` if so said)."""
-    if argv and argv[0] in _PLAIN_COMMANDS:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(top_level_help())
+        return
+    if argv[0] == "--version":
+        print(f"ummkd {__version__}")
+        return
+    if argv[0] in _PLAIN_COMMANDS:
         command = importlib.import_module(_PLAIN_COMMANDS[argv[0]])
         code = command.main(argv[1:])
         if code:
@@ -363,4 +483,4 @@ def _run(argv: list[str], *, from_sys_argv: bool) -> None:
     )
 
 
-__all__ = ["UMMKDCLI", "find_checkpoint", "main"]
+__all__ = ["COMMANDS", "UMMKDCLI", "add_predict_arguments", "find_checkpoint", "main"]

@@ -654,6 +654,18 @@ def dry_run(path: str | os.PathLike[str], count: int = 3, seed: int = 0) -> int:
     return 0
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ummkd sweep-dry-run``."""
+    parser = argparse.ArgumentParser(
+        prog="ummkd sweep-dry-run",
+        description="Render and parse the commands a W&B sweep agent would run (no training).",
+    )
+    parser.add_argument("file", help="sweep definition (YAML), e.g. configs/sweeps/kd_lr.yaml")
+    parser.add_argument("--count", type=int, default=3, help="parameter sets to check")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random draws")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ummkd sweep-dry-run FILE [--count N] [--seed S]``.
 
@@ -663,13 +675,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit code: 0 when the sweep checks out, 1 on any problem.
     """
-    parser = argparse.ArgumentParser(
-        prog="ummkd sweep-dry-run",
-        description="Render and parse the commands a W&B sweep agent would run (no training).",
-    )
-    parser.add_argument("file", help="sweep definition (YAML), e.g. configs/sweeps/kd_lr.yaml")
-    parser.add_argument("--count", type=int, default=3, help="parameter sets to check")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random draws")
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error("--count must be at least 1")

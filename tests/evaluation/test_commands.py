@@ -98,6 +98,20 @@ def test_default_out_dir_and_classes_from_values(dataset):
     assert summary["modalities"]["all"]["n_cases"] == 3
 
 
+def test_existing_report_is_replaced_only_with_overwrite(dataset, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert _run(dataset, "--out", str(out)) == 0
+    (out / "results.md").write_text("kept")
+    (out / "summary.json").unlink()
+    capsys.readouterr()
+    assert _run(dataset, "--out", str(out)) == 1
+    err = capsys.readouterr().err
+    assert "results.md exists; pass --overwrite" in err
+    assert (out / "results.md").read_text() == "kept" and not (out / "summary.json").exists()
+    assert _run(dataset, "--out", str(out), "--overwrite") == 0
+    assert (out / "summary.json").is_file() and (out / "results.md").read_text() != "kept"
+
+
 def test_mismatched_shape_is_an_error_naming_the_file(dataset, capsys):
     _save(dataset["pred"] / "case_1.nii.gz", np.zeros((12, 10, 9)))
     assert _run(dataset) == 1

@@ -48,7 +48,15 @@ def test_fit_writes_checkpoints_config_and_metrics(trained_run: Path) -> None:
     last = list(trained_run.rglob("last.ckpt"))
     best = list(trained_run.rglob("best*.ckpt"))
     assert len(last) == 1 and len(best) == 1
-    assert list(trained_run.rglob("config.yaml"))
+    (config,) = trained_run.rglob("config.yaml")
+    callbacks = yaml.safe_load(config.read_text())["trainer"]["callbacks"]
+    assert [c["class_path"].rsplit(".", 1)[1] for c in callbacks] == [
+        "ModelCheckpoint",
+        "ModelCheckpoint",
+        "LearningRateMonitor",
+        "ResultsReport",
+        "ValidationImages",
+    ]
     metrics = next(trained_run.rglob("metrics.csv")).read_text()
     for key in ("train/loss", "train/seg_ct", "train/seg_mr", "train/kd", "val/dice_ct"):
         assert key in metrics
@@ -62,6 +70,10 @@ def test_fit_writes_checkpoints_config_and_metrics(trained_run: Path) -> None:
 
 
 def test_test_writes_report(trained_run: Path, tiny_dataset: Path) -> None:
+    (best,) = trained_run.rglob("best*.ckpt")
+    run_folder = best.parent.parent
+    runs_before = sorted(p.name for p in trained_run.iterdir())
+    fit_metrics = (run_folder / "metrics.csv").read_text()
     main(
         [
             "test",
@@ -83,6 +95,12 @@ def test_test_writes_report(trained_run: Path, tiny_dataset: Path) -> None:
         assert [c["id"] for c in stats["cases"]]
     assert (summaries[-1].parent / "results.md").is_file()
     assert (summaries[-1].parent / "dice.png").is_file()
+    # the report lands in the run folder of the checkpoint it scored, no new run folder
+    assert summaries[-1].parent == run_folder
+    assert sorted(p.name for p in trained_run.iterdir()) == runs_before
+    assert (run_folder / "metrics.csv").read_text() == fit_metrics
+    assert "test/" in (run_folder / "test" / "metrics.csv").read_text()
+    assert (run_folder / "config.yaml").is_file() and (run_folder / "config-test.yaml").is_file()
 
 
 def _oblique_lps_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
@@ -126,7 +144,7 @@ def test_predict_round_trip_keeps_geometry(
         "--data.predict_modality=mr",
         "--data.orientation=RAS",
         "--data.spacing=[2.5,2.5,4.0]",
-        f"--output={out}",
+        f"--out={out}",
         "--save_probabilities=true",
         *FAST,
         *TINY_2D,
@@ -143,7 +161,7 @@ def test_predict_round_trip_keeps_geometry(
     main([*args, "--overwrite=true"])
     # predictions may not be written next to the inputs
     _refused(
-        [a if not a.startswith("--output=") else f"--output={inputs}" for a in args],
+        [a if not a.startswith("--out=") else f"--out={inputs}" for a in args],
         capsys,
         "holds the input",
     )
@@ -160,7 +178,7 @@ def _predict_args(run_dir: Path, root: Path, inputs: Path, out: Path, *extra: st
         f"--data.predict_images={inputs}/*.nii.gz",
         "--data.predict_modality=mr",
         "--data.spacing=[2.5,2.5,4.0]",
-        f"--output={out}",
+        f"--out={out}",
         "--save_probabilities=true",
         *FAST,
         *TINY_2D,

@@ -115,20 +115,17 @@ def test_resume_from_the_middle_of_an_epoch_is_exact(
     ``hpc_ckpt``) resumes with the remaining batches of that epoch, exactly as uninterrupted:
     the checkpoint holds the loaders' position and Lightning does not warn about it."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    every_2_steps = tmp_path / "steps.yaml"
-    every_2_steps.write_text(
-        "trainer:\n"
-        "  callbacks:\n"
-        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-        "      init_args:\n"
-        f"        dirpath: {tmp_path / 'steps'}\n"
-        "        filename: step{step}\n"
-        "        auto_insert_metric_name: false\n"
-        "        every_n_train_steps: 2\n"
-        "        save_top_k: -1\n"
-    )
+    # appended to the default callbacks (a config's trainer.callbacks would replace them)
+    every_2_steps = [
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        f"--trainer.callbacks.init_args.dirpath={tmp_path / 'steps'}",
+        "--trainer.callbacks.init_args.filename=step{step}",
+        "--trainer.callbacks.init_args.auto_insert_metric_name=false",
+        "--trainer.callbacks.init_args.every_n_train_steps=2",
+        "--trainer.callbacks.init_args.save_top_k=-1",
+    ]
     config_a = tiny_config(tmp_path / "a.yaml", tiny_dataset, straight, num_workers=num_workers)
-    _fit(config_a, "--config", str(every_2_steps), "--trainer.max_epochs=3")
+    _fit(config_a, *every_2_steps, "--trainer.max_epochs=3")
     middle = tmp_path / "steps" / "step4.ckpt"
     ckpt = _load(middle)
     assert ckpt["global_step"] == 4  # epoch 1, one of its 3 batches done

@@ -31,6 +31,9 @@ from ummkd.evaluation.report import DEFAULT_TITLE, results_table, write_report
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 """File name endings read as label maps."""
 
+REPORT_FILES = ("summary.json", "results.md", "dice.png")
+"""The files of a report (see :func:`~ummkd.evaluation.report.write_report`)."""
+
 _LISTED = 20  # file names listed in an error message before "and N more"
 
 
@@ -79,6 +82,11 @@ def build_parser(prog: str = "ummkd evaluate") -> argparse.ArgumentParser:
         help="score a reference without prediction as an empty prediction instead of failing",
     )
     parser.add_argument("--title", default=DEFAULT_TITLE, help="report title")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing report (summary.json, results.md, dice.png) in --out",
+    )
     return parser
 
 
@@ -101,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     errors = Console(stderr=True)
     try:
         out_dir = _output_dir(args.pred, args.ref, args.out)
+        if not args.overwrite:
+            _refuse_existing_report(out_dir)
         class_names, case_modalities = (
             (None, {}) if args.labels is None else read_labels(args.labels)
         )
@@ -370,6 +380,16 @@ def _output_dir(pred_dir: Path, ref_dir: Path, out_dir: Path | None) -> Path:
                 f"refusing to write the report into the {kind} folder {folder}; choose --out"
             )
     return out
+
+
+def _refuse_existing_report(out_dir: Path) -> None:
+    """Raise if ``out_dir`` already holds a report (it is replaced only with ``--overwrite``)."""
+    for name in REPORT_FILES:
+        if (out_dir / name).exists():
+            raise EvaluationError(
+                f"{out_dir / name} exists; pass --overwrite to replace the report or choose "
+                "another --out"
+            )
 
 
 def _listing(names: Iterable[str]) -> str:

@@ -55,18 +55,18 @@ class NiftiPredictionWriter(BasePredictionWriter):
                 raise UsageError(
                     f"inputs {by_name[src.name]} and {src} have the same file name, so their "
                     f"predictions would both be {self.output_dir / src.name}; predict them into "
-                    "separate --output folders"
+                    "separate --out folders"
                 )
             by_name[src.name] = src
             if src.parent == self.output_dir:
                 raise UsageError(
                     f"output folder {self.output_dir} holds the input {src}; choose another "
-                    "--output so predictions cannot replace inputs."
+                    "--out so predictions cannot replace inputs."
                 )
             target = self.output_dir / src.name
             if target.exists() and not self.overwrite:
                 raise FileExistsError(
-                    f"{target} exists; pass --overwrite to replace it or choose another --output."
+                    f"{target} exists; pass --overwrite to replace it or choose another --out."
                 )
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

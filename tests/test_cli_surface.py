@@ -1,0 +1,97 @@
+"""The ``ummkd`` command line itself: top-level help, version, flags per subcommand."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ummkd import __version__
+from ummkd.cli import COMMANDS, main
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = str(REPO / "configs" / "demo.yaml")
+
+
+@pytest.mark.parametrize("args", [[], ["--help"], ["-h"]])
+def test_top_level_help_lists_every_command(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(args)
+    out = capsys.readouterr().out
+    for name in (*COMMANDS, "fit", "validate", "test", "predict", "data", "evaluate", "reproduce"):
+        assert f"\n  {name} " in out, name
+    assert "Lightning Trainer command line tool" not in out
+    assert {"export", "segment", "sweep-dry-run"} <= set(COMMANDS)
+
+
+def test_version_of_the_console_entry_point() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ummkd", "--version"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"ummkd {__version__}"
+
+
+def _printed_config(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[dict, str]:
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--print_config"])
+    captured = capsys.readouterr()
+    assert exit_.value.code == 0, captured.err
+    return yaml.safe_load(captured.out), captured.err
+
+
+@pytest.mark.parametrize(
+    ("flags", "overwrite", "probabilities"),
+    [
+        (["--overwrite", "--save_probabilities"], True, True),
+        (["--overwrite=true", "--save_probabilities", "false"], True, False),
+        (["--overwrite", "false"], False, False),
+        ([], False, False),
+    ],
+)
+def test_predict_booleans_are_bare_flags_or_take_a_value(
+    flags: list[str],
+    overwrite: bool,
+    probabilities: bool,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("UMMKD_RUN_VERSION", raising=False)
+    config, _ = _printed_config(["predict", "--config", DEMO, "--out", "preds", *flags], capsys)
+    assert config["out"] == "preds"
+    assert config["overwrite"] is overwrite
+    assert config["save_probabilities"] is probabilities
+
+
+def test_predict_output_is_a_deprecated_alias_of_out(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("UMMKD_RUN_VERSION", raising=False)
+    for given in (["--output", "preds"], ["--output=preds"]):
+        config, err = _printed_config(["predict", "--config", DEMO, *given], capsys)
+        assert config["out"] == "preds" and "output" not in config
+        assert err.count("\n") == 1 and "--output is deprecated, use --out" in err
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test"])
+def test_prediction_options_only_in_predict(
+    subcommand: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("UMMKD_RUN_VERSION", raising=False)
+    with pytest.raises(SystemExit):
+        main([subcommand, "--help"])
+    text = capsys.readouterr().out
+    assert "--ckpt_path" in text
+    for flag in ("--out ", "--output", "--overwrite", "--save_probabilities"):
+        assert flag not in text, (subcommand, flag)
+    config, _ = _printed_config([subcommand, "--config", DEMO], capsys)
+    assert not {"out", "overwrite", "save_probabilities"} & set(config)
