@@ -239,7 +239,7 @@ def test_slices_of_one_patient_split_by_patient(tmp_path: Path) -> None:
     patients = [{case.rsplit("_", 1)[0] for case in part} for part in parts]
     assert not (patients[0] & patients[1] or patients[0] & patients[2] or patients[1] & patients[2])
     bad = _ummkd(*common, "--out", str(tmp_path / "bad"), "--group-regex", "^p")
-    _refused(bad, 1, "--group-regex", "has no group")
+    _refused(bad, 2, "--group-regex", "has no group")
     assert _digest(src) == before
 
 

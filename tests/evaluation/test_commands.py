@@ -104,7 +104,7 @@ def test_existing_report_is_replaced_only_with_overwrite(dataset, tmp_path, caps
     (out / "results.md").write_text("kept")
     (out / "summary.json").unlink()
     capsys.readouterr()
-    assert _run(dataset, "--out", str(out)) == 1
+    assert _run(dataset, "--out", str(out)) == 2
     err = capsys.readouterr().err
     assert "results.md exists; pass --overwrite" in err
     assert (out / "results.md").read_text() == "kept" and not (out / "summary.json").exists()
@@ -114,7 +114,7 @@ def test_existing_report_is_replaced_only_with_overwrite(dataset, tmp_path, caps
 
 def test_mismatched_shape_is_an_error_naming_the_file(dataset, capsys):
     _save(dataset["pred"] / "case_1.nii.gz", np.zeros((12, 10, 9)))
-    assert _run(dataset) == 1
+    assert _run(dataset) == 2
     err = capsys.readouterr().err
     assert "case_1.nii.gz" in err and "shape" in err
     assert not (dataset["pred"].parent / "preds_eval").exists()
@@ -124,14 +124,14 @@ def test_mismatched_affine_is_an_error_naming_the_file(dataset, capsys):
     shifted = AFFINE.copy()
     shifted[0, 3] = 5.0
     _save(dataset["pred"] / "case_2.nii.gz", dataset["preds"]["case_2"], shifted)
-    assert _run(dataset) == 1
+    assert _run(dataset) == 2
     err = capsys.readouterr().err
     assert "case_2.nii.gz" in err and "affine" in err
 
 
 def test_missing_prediction_fails_unless_allowed(dataset, tmp_path, capsys):
     (dataset["pred"] / "case_0.nii.gz").unlink()
-    assert _run(dataset) == 1
+    assert _run(dataset) == 2
     assert "case_0.nii.gz" in capsys.readouterr().err
     out = tmp_path / "allowed"
     assert (
@@ -146,14 +146,14 @@ def test_missing_prediction_fails_unless_allowed(dataset, tmp_path, capsys):
 
 def test_prediction_without_reference_is_an_error(dataset, capsys):
     _save(dataset["pred"] / "extra.nii.gz", np.zeros(SHAPE))
-    assert _run(dataset) == 1
+    assert _run(dataset) == 2
     assert "extra.nii.gz" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("where", ["ref", "pred"])
 def test_refuses_to_write_into_the_inputs(dataset, capsys, where):
     before = sorted(p.name for p in dataset[where].iterdir())
-    assert _run(dataset, "--out", str(dataset[where] / "report")) == 1
+    assert _run(dataset, "--out", str(dataset[where] / "report")) == 2
     assert "refusing" in capsys.readouterr().err
     assert sorted(p.name for p in dataset[where].iterdir()) == before
 
@@ -183,5 +183,5 @@ def test_read_labels_accepts_nnunet_v1_and_rejects_regions(tmp_path):
                 str(tmp_path / "o"),
             ]
         )
-        == 1
+        == 2
     )

@@ -69,9 +69,10 @@ def _print_line(console: Console, text: str) -> None:
     console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
-def _error(message: str) -> int:
+def _error(message: str, code: int = 2) -> int:
+    """Print one error line; return the exit code (2: bad input, 1: a failure of ours)."""
     _print_line(_console(stderr=True), f"ummkd data: error: {message}")
-    return 1
+    return code
 
 
 def _report(
@@ -163,7 +164,7 @@ def _import(args: argparse.Namespace) -> int:
     try:
         spec = load_dataset(root)
     except DatasetSpecError as err:
-        return _error(f"the importer wrote an invalid dataset description: {err}")
+        return _error(f"the importer wrote an invalid dataset description: {err}", code=1)
     return _report(spec, validate_dataset(spec), warnings=dataset_warnings(spec))
 
 
@@ -285,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             importers = _load_importers()
         except ImportError as err:
-            return _error(f"no dataset importers are available ({err})")
+            return _error(f"no dataset importers are available ({err})", code=1)
     parser = build_parser(importers)
     try:
         args = parser.parse_args(args_list)

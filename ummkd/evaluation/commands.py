@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments after ``evaluate``; ``None`` reads ``sys.argv[1:]``.
 
     Returns:
-        The exit code: 0 on success, 1 on invalid inputs (message on stderr), 2 on invalid
+        The exit code: 0 on success, 2 on invalid inputs (one line on stderr) or invalid
         arguments (argparse's usage message); ``--help`` returns 0.
     """
     parser = build_parser()
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         errors.print(
             f"{parser.prog}: error: {error}", markup=False, highlight=False, soft_wrap=True
         )
-        return 1
+        return 2
     console.print(results_table(summary, title=args.title))
     console.print(
         f"Report written to {paths['summary'].parent}",
