@@ -279,6 +279,7 @@ def test_reproduce_imports_the_real_abdominal_data_and_runs(
         str(tmp_path / "runs"),
         "--results",
         str(tmp_path / "results"),
+        "--allow-mixed-commits",  # the tree under test may hold uncommitted changes
         "--extra",
         *FAST,
         "--data.patch_size=[64,64]",

@@ -525,6 +525,18 @@ def _minutes(times: Mapping[str, float]) -> str:
     return text + (f" ({low:.1f}-{high:.1f})" if f"{low:.1f}" != f"{high:.1f}" else "")
 
 
+def _variant_cells(variant: str, entry: Mapping[str, Any], runs: str) -> list[str]:
+    """The first cells of a variant's row: name, description, its seeds or folds, size, time."""
+    params = entry["parameters"]
+    return [
+        f"`{variant}`",
+        DESCRIPTIONS.get(variant, ""),
+        ", ".join(map(str, entry[runs])),
+        f"{params / 1e6:.2f} M" if params else MISSING,
+        _minutes(entry["fit_seconds"]),
+    ]
+
+
 def _display(command: str) -> str:
     """A recorded command as a user types it (``ummkd ...`` instead of ``python -m ummkd``)."""
     return re.sub(r"^\S*python\S* -m ummkd ", "ummkd ", command)
@@ -564,13 +576,8 @@ def results_markdown(report: Mapping[str, Any]) -> str:
     header += [f"{m.upper()} {metric}" for m in modalities for metric in ("Dice", "ASSD mm")]
     rows = []
     for variant, entry in agg.items():
-        params = entry["parameters"]
         row = [
-            f"`{variant}`",
-            DESCRIPTIONS.get(variant, ""),
-            ", ".join(map(str, entry["seeds"])),
-            f"{params / 1e6:.2f} M" if params else MISSING,
-            _minutes(entry["fit_seconds"]),
+            *_variant_cells(variant, entry, "seeds"),
             format_mean_std(*entry["val_dice_best"], 3),
         ]
         for m in modalities:
@@ -639,14 +646,7 @@ def cv_results_markdown(report: Mapping[str, Any]) -> str:
     ]
     rows = []
     for variant, entry in variants.items():
-        params = entry["parameters"]
-        row = [
-            f"`{variant}`",
-            DESCRIPTIONS.get(variant, ""),
-            ", ".join(map(str, entry["folds"])),
-            f"{params / 1e6:.2f} M" if params else MISSING,
-            _minutes(entry["fit_seconds"]),
-        ]
+        row = _variant_cells(variant, entry, "folds")
         for m in modalities:
             result = entry["modalities"].get(m)
             if result is None:
