@@ -165,7 +165,7 @@ def _header() -> dict[str, Any]:
         "scale": "cpu",
         "scale_note": "tiny",
         "date": "2026-11-26",
-        "commit": "abc",
+        "report_written_at": "abc",
         "machine": "test",
         "command": "ummkd reproduce",
         "data_root": "data",

@@ -562,7 +562,7 @@ def results_markdown(report: Mapping[str, Any]) -> str:
     lines = [
         f"# Abdominal 2D comparison, scale `{report['scale']}`",
         "",
-        f"- Date: {report['date']}; report written at git commit `{report['commit']}` "
+        f"- Date: {report['date']}; report written at git commit `{report['report_written_at']}` "
         "(each run's own commit is listed under Runs)",
         f"- Machine: {report['machine']}",
         f"- Data: `{report['data_root']}` (BTCV CT + CHAOS T2-SPIR MR, fixed split: "
@@ -630,7 +630,7 @@ def cv_results_markdown(report: Mapping[str, Any]) -> str:
         "stored (native grid), mean over the 4 organs.",
         "",
         f"- Date: {report['date']}; runs from commit(s) {', '.join(f'`{c}`' for c in commits)}; "
-        f"report written at `{report['commit']}`",
+        f"report written at `{report['report_written_at']}`",
         f"- Machine: {report['machine']}",
         f"- Folds: `{report['data_root']}/{splits['file']}`; seeds: "
         + ", ".join(map(str, report["seeds"])),
@@ -927,7 +927,7 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
         "scale": args.scale,
         "scale_note": SCALE_NOTES[args.scale],
         "date": time.strftime("%Y-%m-%d"),
-        "commit": git_commit(),
+        "report_written_at": git_commit(),
         "run_commits": commits,
         "machine": machine_description(),
         "command": command.strip(),

@@ -248,7 +248,6 @@ def _load_training_run(
 ) -> tuple[Any, Any, dict[str, Any], Path]:
     """The module of ``checkpoint``, the datamodule of its run's config, the config, run dir."""
     from ummkd.lightning.datamodule import UnpairedDataModule
-    from ummkd.lightning.module import UMMKDModule
 
     run_dir = checkpoint.resolve().parent.parent
     config = config or run_dir / "config.yaml"
@@ -265,17 +264,14 @@ def _load_training_run(
         raise PackageError(f"{checkpoint}: not a readable checkpoint ({error})") from error
     if int(state.get("global_step", 0)) < 1:
         raise PackageError(f"{checkpoint}: holds an untrained network (0 steps); refusing")
-    with _quiet_network_hparam():
-        module = UMMKDModule.load_from_checkpoint(checkpoint, map_location="cpu")
-    module.eval()
-    keys = ("modalities", "mode", "patch_size", "num_adjacent", "fold", "splits", "orientation")
+    hparams = {k: v for k, v in state["hyper_parameters"].items() if not k.startswith("_")}
+    module = _build_module(hparams, state["state_dict"], checkpoint)
+    keys = ("modalities", "mode", "patch_size", "num_adjacent", "fold", "splits")
     datamodule = UnpairedDataModule(
         root=str(data_root or data["root"]),
-        spacing=data.get("spacing"),
         check="off",
-        **{k: data[k] for k in keys if k in data},
+        **{k: data[k] for k in (*keys, "orientation", "spacing") if k in data},
     )
-    hparams = {k: v for k, v in state["hyper_parameters"].items() if not k.startswith("_")}
     settings = {**settings, "global_step": int(state["global_step"]), "hparams": hparams}
     return module, datamodule, settings, run_dir
 
@@ -447,10 +443,6 @@ def load_package(path: Path, device: str | torch.device = "cpu") -> ModelPackage
         PackageError: a missing or malformed file, weights that do not load with
             ``weights_only=True`` or do not fit the network.
     """
-    from lightning.pytorch.cli import instantiate_module
-
-    from ummkd.lightning.module import UMMKDModule
-
     path = Path(path)
     if not path.exists():
         raise PackageError(f"{path}: no such model package (make one with `ummkd export`)")
@@ -474,14 +466,26 @@ def load_package(path: Path, device: str | torch.device = "cpu") -> ModelPackage
             state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
         except Exception as error:
             raise PackageError(f"{path}: {WEIGHTS} does not load ({error})") from error
+    return ModelPackage(path, metadata, _build_module(hparams, state, path).to(device))
+
+
+def _build_module(hparams: dict[str, Any], state: dict[str, Any], source: Path) -> Any:
+    """The :class:`~ummkd.lightning.module.UMMKDModule` of ``hparams`` with ``state``, in eval mode.
+
+    Raises:
+        PackageError: the weights do not fit the network (``source`` names where they came from).
+    """
+    from lightning.pytorch.cli import instantiate_module
+
+    from ummkd.lightning.module import UMMKDModule
+
     with _quiet_network_hparam():
         module = instantiate_module(UMMKDModule, hparams)
     try:
         module.load_state_dict(state)
     except RuntimeError as error:
-        raise PackageError(f"{path}: the weights do not fit the network ({error})") from error
-    module.eval().to(device)
-    return ModelPackage(path, metadata, module)
+        raise PackageError(f"{source}: the weights do not fit the network ({error})") from error
+    return module.eval()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -123,7 +123,6 @@ def segment_scan(
 ) -> tuple[np.ndarray, list[str]]:
     """Average the packages' probabilities on the scan's grid; return labels and warnings."""
     total: torch.Tensor | None = None
-    warnings: list[str] = []
     stored = nib.load(path)
     for package in packages:
         meta = package.metadata
@@ -141,11 +140,12 @@ def segment_scan(
     )
     ids = [i for n, i in packages[0].metadata.labels.items() if n in keep]
     labels = apply_postprocessing(labels, ids)
-    data = np.asarray(stored.dataobj, dtype=np.float32)
-    for package in packages[:1]:
-        warnings += input_warnings(
-            data, stored.header.get_zooms(), package.metadata.inputs[modality], str(path)
-        )
+    warnings = input_warnings(
+        np.asarray(stored.dataobj, dtype=np.float32),
+        stored.header.get_zooms(),
+        packages[0].metadata.inputs[modality],
+        str(path),
+    )
     return labels.numpy().astype(np.uint8).reshape(stored.shape[:3]), warnings
 
 
