@@ -249,6 +249,8 @@ def _load_training_run(
     """The module of ``checkpoint``, the datamodule of its run's config, the config, run dir."""
     from ummkd.lightning.datamodule import UnpairedDataModule
 
+    if not checkpoint.is_file():
+        raise PackageError(f"{checkpoint}: no such checkpoint; give a .ckpt written by ummkd fit")
     run_dir = checkpoint.resolve().parent.parent
     config = config or run_dir / "config.yaml"
     if not config.is_file():

@@ -87,6 +87,8 @@ def collect_scans(inputs: Sequence[Path]) -> list[Scan]:
             for k, series_id in enumerate(series):
                 name = path.name if len(series) == 1 else f"{path.name}_{k}"
                 scans.append(Scan(path, name, series_id))
+        elif not path.exists():
+            raise SegmentError(f"{path}: no such file or folder")
         else:
             raise SegmentError(f"{path}: not a NIfTI file (.nii, .nii.gz) or a folder")
     seen: dict[str, Scan] = {}
