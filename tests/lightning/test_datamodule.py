@@ -13,7 +13,7 @@ import torch
 from monai.data import MetaTensor
 
 from ummkd.data.dataset_spec import DatasetSpecError
-from ummkd.lightning.datamodule import UnpairedDataModule
+from ummkd.lightning.datamodule import SyntheticOptions, UnpairedDataModule
 
 NUM_CLASSES = 5
 
@@ -296,3 +296,31 @@ def test_augmentation_can_differ_per_modality(tiny_dataset: Path) -> None:
     assert "RandGaussianNoised" in names["mr"] and "RandGaussianNoised" not in names["ct"]
     with pytest.raises(ValueError, match="modality_augmentation"):
         UnpairedDataModule(root=str(tiny_dataset), modality_augmentation={"pet": strong})
+
+
+def test_synthetic_phantoms_are_described_at_init_and_written_in_prepare_data(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "phantoms"
+    options = SyntheticOptions(generate=True, n_ct=3, n_mr=3, size=(48, 48, 4), dim=3)
+    dm = _dm(root, mode="3d", patch_size=[32, 32, 4], synthetic=options)
+    assert not root.exists()  # nothing written at construction
+    assert (dm.num_classes, dm.class_names, dm.modalities) == (
+        NUM_CLASSES,
+        ["background", "liver", "kidney_right", "kidney_left", "spleen"],
+        ["ct", "mr"],
+    )
+    planned = [(c.id, c.image, c.label) for c in dm.spec.cases]
+    dm.prepare_data()
+    assert (root / "dataset.json").is_file()
+    dm.setup("fit")
+    assert [(c.id, c.image, c.label) for c in dm.spec.cases] == planned
+    assert all(c.image.is_file() for c in dm.spec.cases)
+    # setup without a trainer's prepare_data generates too; an existing root is never rewritten
+    other = _dm(tmp_path / "direct", mode="3d", patch_size=[32, 32, 4], synthetic=options)
+    other.setup("fit")
+    assert (tmp_path / "direct" / "dataset.json").is_file()
+    before = (root / "dataset.json").stat().st_mtime_ns
+    again = _dm(root, mode="3d", patch_size=[32, 32, 4], synthetic=options)
+    again.prepare_data()
+    assert (root / "dataset.json").stat().st_mtime_ns == before

@@ -37,6 +37,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -44,10 +45,11 @@ from scipy import ndimage
 from ummkd.data.dataset_spec import write_dataset_json
 from ummkd.data.io import save_nifti, write_text_atomic
 
-__all__ = ["LABELS", "make_synthetic_dataset"]
+__all__ = ["LABELS", "make_synthetic_dataset", "synthetic_description"]
 
 LABELS = {"background": 0, "liver": 1, "kidney_right": 2, "kidney_left": 3, "spleen": 4}
 CT_WINDOW = (-160.0, 240.0)
+_MODALITY_CODES = {"ct": 0, "mr": 1}  # part of each case's random seed
 
 # Tissue codes of the phantom (only the organs are labeled).
 AIR, FAT, MUSCLE, VISCERAL_FAT, BOWEL, GAS, FLUID = 0, 1, 2, 3, 4, 5, 6
@@ -340,6 +342,53 @@ ct/image_NNN.nii.gz + ct/label_NNN.nii.gz, mr/image_NNN.nii.gz + mr/label_NNN.ni
 """
 
 
+def synthetic_description(
+    *, n_ct: int = 16, n_mr: int = 10, seed: int = 0, dim: int = 3
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``dataset.json`` and ``splits.json`` content that :func:`make_synthetic_dataset` writes.
+
+    Known without rendering a single image, so that a dataset to be generated later can be
+    described now (classes, modalities, cases).
+
+    Returns:
+        ``(content, splits)``: case paths relative to the dataset root.
+    """
+    cases: list[dict[str, Any]] = []
+    folds: dict[str, list[str]] = {"train": [], "val": []}
+    test: list[str] = []
+    for modality, count in (("ct", n_ct), ("mr", n_mr)):
+        ids = [f"{modality}_{index:03d}" for index in range(count)]
+        for index, case_id in enumerate(ids):
+            stem = f"{modality}/{{}}_{index:03d}.nii.gz"
+            cases.append(
+                {
+                    "id": case_id,
+                    "modality": modality,
+                    "image": stem.format("image"),
+                    "label": stem.format("label"),
+                }
+            )
+        train, val, held_out = _split(ids)
+        folds["train"] += train
+        folds["val"] += val
+        test += held_out
+    content = {
+        "name": "synthetic_abdomen",
+        "description": (
+            "SYNTHETIC unpaired CT-like and MR-like abdominal phantoms made by ummkd "
+            f"(seed {seed}); not real patients, not for research claims."
+        ),
+        "dim": dim,
+        "labels": LABELS,
+        "modalities": {
+            "ct": {"normalization": "ct", "window": list(CT_WINDOW)},
+            "mr": {"normalization": "mr"},
+        },
+        "cases": cases,
+    }
+    return content, {"folds": [folds], "test": test}
+
+
 def make_synthetic_dataset(
     out: str | os.PathLike[str],
     *,
@@ -395,45 +444,15 @@ def make_synthetic_dataset(
         "ct": ((size[0], size[1], 1 if dim == 2 else size[2]), ct_spacing),
         "mr": ((size[0], size[1], 1 if dim == 2 else mr_slices), mr_spacing),
     }
-    cases, folds, test = [], {"train": [], "val": []}, []
-    for code, (modality, count) in enumerate((("ct", n_ct), ("mr", n_mr))):
+    content, splits = synthetic_description(n_ct=n_ct, n_mr=n_mr, seed=seed, dim=dim)
+    for case in content["cases"]:
+        modality, index = case["modality"], int(case["id"].rsplit("_", 1)[1])
         (out / modality).mkdir(parents=True, exist_ok=True)
         shape, spacing = grids[modality]
-        ids = []
-        for index in range(count):
-            rng = np.random.default_rng([seed, code, index])
-            image, label, affine = _synthesize_case(modality, rng, shape, spacing, anatomy_fov, dim)
-            image_rel, label_rel = f"{modality}/image_{index:03d}", f"{modality}/label_{index:03d}"
-            save_nifti(image, affine, out / f"{image_rel}.nii.gz")
-            save_nifti(label, affine, out / f"{label_rel}.nii.gz")
-            case_id = f"{modality}_{index:03d}"
-            ids.append(case_id)
-            cases.append(
-                {
-                    "id": case_id,
-                    "modality": modality,
-                    "image": f"{image_rel}.nii.gz",
-                    "label": f"{label_rel}.nii.gz",
-                }
-            )
-        train, val, held_out = _split(ids)
-        folds["train"] += train
-        folds["val"] += val
-        test += held_out
-    content = {
-        "name": "synthetic_abdomen",
-        "description": (
-            "SYNTHETIC unpaired CT-like and MR-like abdominal phantoms made by ummkd "
-            f"(seed {seed}); not real patients, not for research claims."
-        ),
-        "dim": dim,
-        "labels": LABELS,
-        "modalities": {
-            "ct": {"normalization": "ct", "window": list(CT_WINDOW)},
-            "mr": {"normalization": "mr"},
-        },
-        "cases": cases,
-    }
+        rng = np.random.default_rng([seed, _MODALITY_CODES[modality], index])
+        image, label, affine = _synthesize_case(modality, rng, shape, spacing, anatomy_fov, dim)
+        save_nifti(image, affine, out / case["image"])
+        save_nifti(label, affine, out / case["label"])
     write_text_atomic(out / "README.txt", _readme(n_ct, n_mr, size, seed, dim))
-    write_dataset_json(out, content, {"folds": [folds], "test": test}, overwrite=True)
+    write_dataset_json(out, content, splits, overwrite=True)
     return out

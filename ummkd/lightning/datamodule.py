@@ -32,7 +32,8 @@ from ummkd.data.dataset_spec import (
     remap_labels,
 )
 from ummkd.data.sampling import EpochSampler, SeededSamples
-from ummkd.data.synthetic import make_synthetic_dataset
+from ummkd.data.schema import parse_content
+from ummkd.data.synthetic import make_synthetic_dataset, synthetic_description
 from ummkd.data.transforms import (
     AugmentationConfig,
     ModalityPreprocessing,
@@ -184,9 +185,8 @@ class UnpairedDataModule(pl.LightningDataModule):
         predict_images: Glob pattern(s) or paths of images to predict.
         predict_modality: Modality of ``predict_images``.
         synthetic: Generate the synthetic phantom dataset into ``root`` if ``root`` does not
-            exist and ``synthetic.generate`` is set (see :class:`SyntheticOptions`). Generated
-            here, not in ``prepare_data``: the linked model arguments (classes, modalities)
-            are read from the dataset description when the model is instantiated.
+            exist and ``synthetic.generate`` is set (see :class:`SyntheticOptions`), in
+            ``prepare_data``; the description (classes, modalities) is known before.
         check: Dataset validation in ``setup``: ``"deep"`` (reads every file), ``"shallow"``
             (existence and schema) or ``"off"``.
     """
@@ -238,6 +238,9 @@ class UnpairedDataModule(pl.LightningDataModule):
         self.predict_images = predict_images
         self.predict_modality = predict_modality
         self.check = check
+        self.splits = splits
+        # phantoms still to be generated (in prepare_data); described already for the model links
+        self._synthetic = None
         if not self.root.exists():
             if synthetic is None or not synthetic.generate:
                 raise DataError(
@@ -245,12 +248,20 @@ class UnpairedDataModule(pl.LightningDataModule):
                     "there with `ummkd data synth --out DIR` or `ummkd data import ...` (or set "
                     "--data.synthetic.generate true to generate the demo phantoms)"
                 )
-            _synthesize_atomically(self.root, synthetic)
-        self.spec: DatasetSpec = load_dataset(self.root)
-        self.splits = splits
-        if splits is not None:
-            splits_path = Path(splits) if Path(splits).is_absolute() else self.root / splits
-            self.spec = dataclasses.replace(self.spec, splits=read_splits(splits_path))
+            self._synthetic = synthetic
+            content, planned_splits = synthetic_description(
+                n_ct=synthetic.n_ct, n_mr=synthetic.n_mr, seed=synthetic.seed, dim=synthetic.dim
+            )
+            description = self.root / "dataset.json"
+            self.spec: DatasetSpec = parse_content(
+                content,
+                planned_splits,
+                root=self.root,
+                source=description,
+                splits_source=description,
+            )
+        else:
+            self.spec = self._read_spec()
         if self.orientation is not None:
             self.orientation = self.orientation[: self.spec.dim]
         available = self.spec.modality_names
@@ -295,8 +306,25 @@ class UnpairedDataModule(pl.LightningDataModule):
         return self.num_adjacent
 
     # ------------------------------------------------------------------ setup
+    def prepare_data(self) -> None:
+        """Generate the synthetic phantoms into ``root`` when asked and ``root`` is absent."""
+        if self._synthetic is not None and not self.root.exists():
+            _synthesize_atomically(self.root, self._synthetic)
+
+    def _read_spec(self) -> DatasetSpec:
+        """The dataset description under ``root``, with the ``splits`` file when one is given."""
+        spec = load_dataset(self.root)
+        if self.splits is None:
+            return spec
+        path = Path(self.splits) if Path(self.splits).is_absolute() else self.root / self.splits
+        return dataclasses.replace(spec, splits=read_splits(path))
+
     def setup(self, stage: str | None = None) -> None:
         """Validate the dataset and build the datasets needed for ``stage``."""
+        if self._synthetic is not None:
+            self.prepare_data()  # a no-op after the trainer's own call
+            self.spec = self._read_spec()
+            self._synthetic = None
         if not self._checked and self.check != "off":
             expected_dim = 3 if self.mode == "3d" else None
             check_dataset(self.spec, deep=self.check == "deep", expected_dim=expected_dim)
