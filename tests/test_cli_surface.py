@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import yaml
 
 from ummkd import __version__
 from ummkd.cli import COMMANDS, main
+from ummkd.config_files import PACKAGED_CONFIGS
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "demo.yaml")
@@ -95,3 +97,60 @@ def test_prediction_options_only_in_predict(
         assert flag not in text, (subcommand, flag)
     config, _ = _printed_config([subcommand, "--config", DEMO], capsys)
     assert not {"out", "overwrite", "save_probabilities"} & set(config)
+
+
+@pytest.mark.parametrize("name", ["demo", "demo.yaml", "configs/demo.yaml"])
+def test_packaged_configs_by_name_outside_a_clone(
+    name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("UMMKD_RUN_VERSION", raising=False)
+    expected, _ = _printed_config(["fit", "--config", DEMO], capsys)
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    assert not (tmp_path / "configs").exists()
+    config, _ = _printed_config(["fit", f"--config={name}"], capsys)
+    assert config == expected
+    stacked, _ = _printed_config(
+        ["fit", "-c", "abdominal_2d/ummkd", "--config", "abdominal_2d/cpu"], capsys
+    )
+    assert stacked["data"]["root"] == "data/abdominal_btcv_chaos"
+    assert stacked["trainer"]["max_steps"] != expected["trainer"]["max_steps"]
+
+
+def test_an_unknown_config_name_is_one_line_listing_the_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", "dmeo"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.count("\n") == 1 and "--config dmeo: no such file" in err
+    assert "demo, logger/wandb" in err
+
+
+def test_reproduce_finds_the_packaged_variant_configs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ummkd.experiments import build_parser
+
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["--trainer-config", "trainer/gpu"])
+    assert (args.configs / "ummkd.yaml").is_file()
+    assert args.trainer_config == PACKAGED_CONFIGS / "trainer" / "gpu.yaml"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--configs", "abdominal_9d"])
+    assert "--configs: abdominal_9d: no such file" in capsys.readouterr().err
+
+
+def test_every_config_file_is_in_the_package_data() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["ummkd"]
+    files = [p.relative_to(REPO / "ummkd").as_posix() for p in PACKAGED_CONFIGS.rglob("*")]
+    files = [f for f in files if (REPO / "ummkd" / f).is_file()]
+    assert len(files) >= 20
+    assert not [f for f in files if not any(fnmatch.fnmatchcase(f, p) for p in patterns)]
+    assert (REPO / "configs").resolve() == PACKAGED_CONFIGS

@@ -4,7 +4,7 @@
 
 Examples::
 
-    ummkd fit --config configs/demo.yaml
+    ummkd fit --config configs/demo.yaml      # or --config demo: configs ship with the package
     ummkd test --config configs/demo.yaml --ckpt_path last
     ummkd predict --config configs/demo.yaml --ckpt_path best \
         --data.predict_images 'scans/*.nii.gz' --data.predict_modality mr --out preds/
@@ -37,6 +37,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ummkd import __version__
+from ummkd.config_files import resolve_config_arguments
 from ummkd.errors import CheckpointError, UMMKDError, UsageError
 from ummkd.lightning.callbacks import NiftiPredictionWriter
 from ummkd.lightning.checkpoints import AtomicCheckpointIO, checkpoint_modalities, read_checkpoint
@@ -464,6 +465,9 @@ def _run(argv: list[str], *, from_sys_argv: bool) -> None:
         if code:
             raise SystemExit(code)
         return
+    argv = resolve_config_arguments(argv)  # --config demo: the packaged config
+    if from_sys_argv:  # DDP workers re-run sys.argv
+        sys.argv[1:] = argv
     # A new run folder per invocation, except in DDP worker processes started by Lightning,
     # which inherit the launcher's (LOCAL_RANK set), and under SLURM (SLURM_PROCID set),
     # where every task and every requeue of one job shares the name.

@@ -47,10 +47,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ummkd.config_files import resolve_config
 from ummkd.data.cross_validation import cross_validation_splits, describe_splits
 from ummkd.data.dataset_spec import DatasetSpecError, load_dataset
 from ummkd.data.io import atomic_write_bytes, write_json, write_text_atomic
-from ummkd.errors import RunError
+from ummkd.errors import RunError, UsageError
 from ummkd.evaluation.comparison import (
     comparison_markdown,
     paired_comparisons,
@@ -960,6 +961,14 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
     return write_results(report, args.results, stem)
 
 
+def _config_path(value: str) -> Path:
+    """An argparse ``type``: a path, or the packaged config (folder) of that name."""
+    try:
+        return Path(resolve_config(value, what=""))
+    except UsageError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ummkd reproduce``."""
     parser = argparse.ArgumentParser(
@@ -982,10 +991,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="BTCV + CHAOS release imported into --data when it holds no dataset yet",
     )
     parser.add_argument(
-        "--configs", type=Path, default=Path("configs/abdominal_2d"), help="variant configs"
+        "--configs",
+        type=_config_path,
+        default="configs/abdominal_2d",
+        help="variant configs (default: the packaged abdominal_2d configs)",
     )
     parser.add_argument(
-        "--trainer-config", type=Path, help="trainer profile added to every run, e.g. gpu.yaml"
+        "--trainer-config",
+        type=_config_path,
+        help="trainer profile added to every run, e.g. trainer/gpu (packaged) or a file",
     )
     parser.add_argument(
         "--runs", type=Path, default=Path("runs/reproduce"), help="root of the run folders"
