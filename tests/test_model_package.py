@@ -21,6 +21,7 @@ from ummkd.model_package import (
     load_package,
 )
 from ummkd.model_package import main as export
+from ummkd.provenance import code_commit
 from ummkd.segment import main as segment
 from ummkd.segment import segment_scan
 
@@ -81,6 +82,7 @@ def test_package_layout_metadata_and_weights_only(
     assert ct["units"] == "HU" and ct["window"] == dataset["modalities"]["ct"]["window"]
     assert ct["training_cases"] > 0 and len(ct["fingerprint"]["spacing_min"]) == 3
     assert meta["training_steps"] == 6 and meta["ummkd_version"]
+    assert meta["training_commits"] == [code_commit()] and meta["commit"] == code_commit()
     state = torch.load(folder / WEIGHTS, weights_only=True)
     assert any(k.startswith("network.") for k in state)
     assert (folder / "docs/README.md").read_text().startswith("model ")

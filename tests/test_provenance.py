@@ -54,6 +54,17 @@ def test_git_commit_outside_a_repository(tmp_path: Path, monkeypatch: pytest.Mon
     assert git_commit(ignoring=tmp_path / "doc.md") == "unknown"
 
 
+def test_git_commit_of_another_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "code").mkdir()
+    _repo(tmp_path / "code")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert git_commit() == "unknown"
+    commit = git_commit(where=tmp_path / "code")
+    assert len(commit) == 12 and not commit.endswith("-dirty")
+
+
 def test_machine_description_names_cpu_and_versions() -> None:
     import platform
 

@@ -98,6 +98,7 @@ class ModelMetadata(BaseModel):
     name: str
     ummkd_version: str
     commit: str
+    training_commits: list[str] = []
     exported: str
     labels: dict[str, int]
     orientation: str | None
@@ -121,7 +122,8 @@ class ModelMetadata(BaseModel):
 
     def describe(self) -> str:
         """A few lines saying what the model was trained on and what it expects."""
-        lines = [f"model {self.name} (ummkd {self.ummkd_version}, commit {self.commit})"]
+        trained = ", ".join(self.training_commits) or "unknown"
+        lines = [f"model {self.name} (ummkd {self.ummkd_version}, trained at commit {trained})"]
         for modality, spec in self.inputs.items():
             window = f", window {spec.window[0]:g}..{spec.window[1]:g}" if spec.window else ""
             lines.append(
@@ -248,6 +250,7 @@ def _load_training_run(
 ) -> tuple[Any, Any, dict[str, Any], Path]:
     """The module of ``checkpoint``, the datamodule of its run's config, the config, run dir."""
     from ummkd.lightning.datamodule import UnpairedDataModule
+    from ummkd.lightning.module import CODE_COMMITS_KEY
 
     if not checkpoint.is_file():
         raise PackageError(f"{checkpoint}: no such checkpoint; give a .ckpt written by ummkd fit")
@@ -274,7 +277,12 @@ def _load_training_run(
         check="off",
         **{k: data[k] for k in (*keys, "orientation", "spacing") if k in data},
     )
-    settings = {**settings, "global_step": int(state["global_step"]), "hparams": hparams}
+    settings = {
+        **settings,
+        "global_step": int(state["global_step"]),
+        "hparams": hparams,
+        "training_commits": list(state.get(CODE_COMMITS_KEY, [])),
+    }
     return module, datamodule, settings, run_dir
 
 
@@ -369,13 +377,14 @@ def export_model(
             fingerprint=fingerprint(train_cases),
             postprocess_largest_component=keep,
         )
-    from ummkd.provenance import git_commit
+    from ummkd.provenance import code_commit
 
     metadata = ModelMetadata(
         format=FORMAT,
         name=name or f"{spec.name}-{run_dir.parent.name}",
         ummkd_version=ummkd.__version__,
-        commit=git_commit(),
+        commit=code_commit(),
+        training_commits=settings["training_commits"],
         exported=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         labels={n: i for i, n in enumerate(module.class_names)},
         orientation=datamodule.orientation,

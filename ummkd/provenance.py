@@ -7,6 +7,7 @@ through a subprocess, torch is imported only by :func:`machine_description`.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -19,7 +20,7 @@ def _git(*args: str) -> str:
     return subprocess.check_output(["git", *args], text=True, stderr=subprocess.DEVNULL)
 
 
-def git_commit(*, ignoring: Path | None = None) -> str:
+def git_commit(*, ignoring: Path | None = None, where: Path | None = None) -> str:
     """The current git commit (12 hex digits), ``-dirty`` for uncommitted changes, or ``unknown``.
 
     Only tracked files count as changes (untracked files do not make a tree dirty).
@@ -28,22 +29,34 @@ def git_commit(*, ignoring: Path | None = None) -> str:
         ignoring: a tracked file whose changes do not count: ``make bench`` appends each
             benchmark's section to a tracked file, so the scripts after the first must not count
             their predecessors' sections as uncommitted changes.
+        where: a folder inside the checkout (default: the current folder).
 
     Returns:
         ``"<commit>"``, ``"<commit>-dirty"``, or ``"unknown"`` outside a git checkout (or
         without git).
     """
+    at = ["-C", str(where)] if where is not None else []
     try:
-        commit = _git("rev-parse", "--short=12", "HEAD").strip()
-        changed = _git("status", "--porcelain", "--untracked-files=no").splitlines()
+        commit = _git(*at, "rev-parse", "--short=12", "HEAD").strip()
+        changed = _git(*at, "status", "--porcelain", "--untracked-files=no").splitlines()
         if ignoring is not None and changed:
             # Porcelain paths are relative to the top of the work tree.
-            top = Path(_git("rev-parse", "--show-toplevel").strip())
+            top = Path(_git(*at, "rev-parse", "--show-toplevel").strip())
             target = Path(ignoring).resolve()
             changed = [line for line in changed if (top / line[3:]).resolve() != target]
     except (OSError, subprocess.CalledProcessError):
         return UNKNOWN
     return commit + ("-dirty" if changed else "")
+
+
+@functools.cache
+def code_commit() -> str:
+    """The commit of the ummkd code that is running (:func:`git_commit` of the package's folder).
+
+    Asked once per process (the code imported at the first call); ``unknown`` for an installed
+    package outside a git checkout.
+    """
+    return git_commit(where=Path(__file__).resolve().parent)
 
 
 def cpu_model() -> str:

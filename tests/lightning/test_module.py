@@ -11,8 +11,9 @@ import torch
 from monai.networks.nets import BasicUNet
 from torch import nn
 
-from ummkd.lightning.module import UMMKDModule
+from ummkd.lightning.module import CODE_COMMITS_KEY, UMMKDModule
 from ummkd.nn import DilatedResNet2d, ModalityNorm, modality_norm_layers
+from ummkd.provenance import code_commit
 
 NUM_CLASSES = 5
 CLASS_NAMES = ["background", "liver", "kidney_right", "kidney_left", "spleen"]
@@ -249,6 +250,19 @@ def test_best_dice_survives_a_checkpoint_round_trip() -> None:
     finetune.trainer = pl.Trainer(logger=False, enable_checkpointing=False, barebones=True)
     finetune.on_train_start()
     assert not finetune.val_dice_best.update_called
+
+
+def test_checkpoints_record_the_commits_that_trained_the_weights() -> None:
+    module = _module()
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    module.on_save_checkpoint(checkpoint)  # the same code again: listed once
+    assert checkpoint[CODE_COMMITS_KEY] == [code_commit()]
+    # resumed on other code: the earlier commit stays first
+    resumed = _module()
+    resumed.on_load_checkpoint({**checkpoint, CODE_COMMITS_KEY: ["0123456789ab"]})
+    resumed.on_save_checkpoint(checkpoint)
+    assert checkpoint[CODE_COMMITS_KEY] == ["0123456789ab", code_commit()]
 
 
 # ---------------------------------------------------------------------------- evaluation

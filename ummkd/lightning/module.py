@@ -29,6 +29,7 @@ from ummkd.nn import (
     use_modality,
 )
 from ummkd.nn.dilated_resnet2d import OUTPUT_STRIDE
+from ummkd.provenance import code_commit
 
 
 def paper_adam(params: Any) -> torch.optim.Optimizer:
@@ -41,6 +42,8 @@ def paper_step_decay(optimizer: torch.optim.Optimizer) -> torch.optim.lr_schedul
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1000, gamma=0.95)
 
 
+#: Checkpoint key of the commits of the code that trained the weights (see ``code_commit``).
+CODE_COMMITS_KEY = "ummkd_code_commits"
 _KERNEL_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 """Modules whose ``weight`` is a kernel (weight decay); every other parameter is not decayed."""
 
@@ -182,6 +185,7 @@ class UMMKDModule(pl.LightningModule):
         self.val_dice_best = MaxMetric()
         self._eval_cases: list[dict[str, Any]] = []
         self._restored_dice_best: float | None = None
+        self._code_commits: list[str] = []  # of the code that trained the weights, in order
         self.last_test_summary: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ forward / inference
@@ -318,7 +322,8 @@ class UMMKDModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ validation / test
     def on_fit_start(self) -> None:
-        """Refuse step skipping where it would desynchronise DDP ranks."""
+        """Note the code's commit (for the checkpoints); refuse step skipping under DDP."""
+        code_commit()
         if self.non_finite_loss == "skip" and self.trainer.world_size > 1:
             raise ValueError(
                 "model.non_finite_loss='skip' works in a single process only (DDP ranks must "
@@ -334,7 +339,10 @@ class UMMKDModule(pl.LightningModule):
             self.val_dice_best.update(torch.tensor(restored, device=self.device))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse to save non-finite weights; store the best validation Dice so far.
+        """Refuse non-finite weights; store the best validation Dice and the training commits.
+
+        The commits are those of the code that trained the weights, one more after a resume
+        on another commit.
 
         Raises:
             FloatingPointError: if a floating-point tensor of the state dict has NaN/inf values
@@ -355,11 +363,15 @@ class UMMKDModule(pl.LightningModule):
                 )
         if self.val_dice_best.update_called:
             checkpoint["ummkd_val_dice_best"] = float(self.val_dice_best.max_value)
+        if self._code_commits[-1:] != [code_commit()]:
+            self._code_commits.append(code_commit())
+        checkpoint[CODE_COMMITS_KEY] = list(self._code_commits)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the best validation Dice so far (logged as ``val/dice_best`` after resuming)."""
         best = checkpoint.get("ummkd_val_dice_best")
         self._restored_dice_best = float(best) if best is not None else None
+        self._code_commits = list(checkpoint.get(CODE_COMMITS_KEY, []))
 
     def _evaluate_batch(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         modality = batch["modality"][0]
