@@ -221,12 +221,13 @@ class UMMKDCLI(LightningCLI):
 
         ``test``, ``validate`` and ``predict`` of a checkpoint in a run folder
         (``RUN/checkpoints/x.ckpt``) use that run folder instead of a new one: the report and
-        TensorBoard events go into ``RUN``, the CSV metrics into ``RUN/<subcommand>/`` (Lightning
-        would replace the training's ``metrics.csv``) and the config into
-        ``RUN/config-<subcommand>.yaml``.
+        TensorBoard events go into ``RUN``, the CSV metrics into ``RUN/<subcommand>/version_N/``
+        (one per call; Lightning would replace the training's ``metrics.csv``) and the config
+        into ``RUN/config-<subcommand>.yaml``.
         """
         trainer_cfg = self._get(self.config_init, "trainer", default={})
-        root = trainer_cfg.get("default_root_dir") or _DEFAULT_ROOT
+        # absolute, so that the checkpoint folder a test finds equals the one fit recorded
+        root = str(Path(trainer_cfg.get("default_root_dir") or _DEFAULT_ROOT).resolve())
         run = getattr(self, "_checkpoint_run", None)
         if run is not None:
             root = str(run.parent)
@@ -238,10 +239,11 @@ class UMMKDCLI(LightningCLI):
         if trainer_cfg.get("logger") in (None, True) and "logger" not in kwargs:
             version = run_version()
             csv = (
-                CSVLogger(run, name="", version=self.subcommand)
+                CSVLogger(run, name=self.subcommand)  # RUN/test/version_N: one per call
                 if run is not None
                 else CSVLogger(root, name="", version=version)
             )
+            csv.experiment  # noqa: B018  (its folder, before config.yaml is written into it)
             kwargs["logger"] = [TensorBoardLogger(root, name="", version=version), csv]
         # A W&B logger (WandbRunLogger) without save_dir gets the same per-run folder.
         bind_run_dir(kwargs.get("logger", trainer_cfg.get("logger")), Path(root) / run_version())

@@ -99,7 +99,8 @@ def test_test_writes_report(trained_run: Path, tiny_dataset: Path) -> None:
     assert summaries[-1].parent == run_folder
     assert sorted(p.name for p in trained_run.iterdir()) == runs_before
     assert (run_folder / "metrics.csv").read_text() == fit_metrics
-    assert "test/" in (run_folder / "test" / "metrics.csv").read_text()
+    (test_metrics,) = (run_folder / "test").rglob("metrics.csv")
+    assert "test/" in test_metrics.read_text()
     assert (run_folder / "config.yaml").is_file() and (run_folder / "config-test.yaml").is_file()
 
 
