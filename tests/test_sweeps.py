@@ -178,6 +178,16 @@ def test_grid_enumerates_in_wandb_order() -> None:
         {"a": 2, "b": "y", "c": 0},
     ]
     assert len(draw("grid", spec, 3, seed=0)) == 3
+    grouped = {
+        "z": {"values": [1, 2]},
+        "g": {"parameters": {"y": {"values": ["p", "q"]}, "x": {"value": 0}}},
+    }
+    assert draw("grid", grouped, 10, seed=0) == [
+        {"g": {"x": 0, "y": "p"}, "z": 1},
+        {"g": {"x": 0, "y": "p"}, "z": 2},
+        {"g": {"x": 0, "y": "q"}, "z": 1},
+        {"g": {"x": 0, "y": "q"}, "z": 2},
+    ]
 
 
 @pytest.mark.parametrize(
@@ -188,6 +198,7 @@ def test_grid_enumerates_in_wandb_order() -> None:
         ({"min": "1e-4", "max": 1.0e-2}, "1.0e-4"),
         ({"values": []}, "non-empty list"),
         ({"min": 2, "max": 1}, "larger than"),
+        ({"distribution": "log_uniform_values", "min": 0.0, "max": 1.0}, "positive"),
         ({"max": 1}, "`min`+`max`"),
         ({"distribution": "normal", "mu": 0.0}, "`min`+`max`"),
         ({"parameters": {"inner": {"value": None}}}, "'model.kd_weight.inner'"),
