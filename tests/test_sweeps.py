@@ -332,7 +332,21 @@ def test_dry_run_static_problems_stop_before_parsing(
     err = capsys.readouterr().err
     for message in ("`method`", "None", "exactly one ${args}"):
         assert message in err
-    assert main([str(tmp_path / "missing.yaml")]) == 1
+    with pytest.raises(SystemExit) as exit_:  # neither a file nor a packaged sweep
+        main([str(tmp_path / "missing.yaml")])
+    assert exit_.value.code == 2
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("command: [${env}, ummkd\n")
+    assert main([str(broken)]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_packaged_sweeps_by_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # outside a clone: the sweep's configs/... resolve too
+    assert main(["sweeps/demo_random", "--count", "1"]) == 0
+    assert "OK (1 command(s) checked)" in capsys.readouterr().out
 
 
 def test_dry_run_grid(tmp_path: Path, in_repo: None, capsys: pytest.CaptureFixture[str]) -> None:

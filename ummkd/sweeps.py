@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from ummkd.config_files import resolve_config
 from ummkd.errors import UsageError
 
 METHODS = ("grid", "random", "bayes")
@@ -420,7 +421,8 @@ def _check_command(argv: Sequence[str], values: Mapping[str, Any]) -> tuple[Any,
 def dry_run(path: str | os.PathLike[str], count: int = 3, seed: int = 0) -> int:
     """Check the sweep file ``path`` on ``count`` parameter sets (random draws: ``seed``).
 
-    Prints the commands an agent would run and the problems; returns 0 when all is well, else 1.
+    Prints the commands an agent would run and the problems; returns 0 when all is well, 1 when
+    the sweep has problems, 2 when the file cannot be read.
     """
     text = ""
     try:
@@ -429,7 +431,7 @@ def dry_run(path: str | os.PathLike[str], count: int = 3, seed: int = 0) -> int:
     except (OSError, yaml.YAMLError) as exc:
         hint = "\nhint: in a [flow, list] quote the macros ('${env}') or use a block list"
         _print_all([f"cannot read {path}: {exc}" + (hint if "${" in text else "")])
-        return 1
+        return 2
     if isinstance(sweep, Mapping) and not sweep.get("program"):
         _print_all(["no `program` (W&B documents it as required; use `program: ummkd`)"], "warning")
     if errors := check_sweep(sweep):
@@ -464,20 +466,32 @@ def dry_run(path: str | os.PathLike[str], count: int = 3, seed: int = 0) -> int:
     return 0
 
 
+def _sweep_file(value: str) -> str:
+    """An argparse ``type``: the sweep file, or the packaged one of that name."""
+    try:
+        return resolve_config(value, what="")
+    except UsageError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ummkd sweep-dry-run``."""
     parser = argparse.ArgumentParser(
         prog="ummkd sweep-dry-run",
         description="Render and parse the commands a W&B sweep agent would run (no training).",
     )
-    parser.add_argument("file", help="sweep definition (YAML), e.g. configs/sweeps/kd_lr.yaml")
+    parser.add_argument(
+        "file",
+        type=_sweep_file,
+        help="sweep definition (YAML): a file or a packaged name, e.g. sweeps/kd_lr",
+    )
     parser.add_argument("--count", type=int, default=3, help="parameter sets to check")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random draws")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``ummkd sweep-dry-run FILE [--count N] [--seed S]``; exit code 0 (ok), 1 or 2 (usage)."""
+    """``ummkd sweep-dry-run FILE [--count N] [--seed S]``; exit 0 (ok), 1 (problems), 2 (input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.count < 1:
