@@ -125,3 +125,29 @@ def test_append_path_is_checked_before_the_benchmark_runs(tmp_path: Path) -> Non
     for bad in (tmp_path, tmp_path / "missing" / "a.md"):
         with pytest.raises(SystemExit):
             parser.parse_args(["--append", str(bad)])
+
+
+def test_orientation_hu_effect_pairs_cases_over_seeds(tmp_path: Path) -> None:
+    before = REPO / "docs" / "archive" / "abdominal_2d_cpu.json"
+    results = json.loads(before.read_text())
+    for run in results["runs"]:  # "after": every case's Dice 0.01 higher
+        for stats in run["summary"]["modalities"].values():
+            for case in stats.get("cases", []):
+                for metrics in case["metrics"].values():
+                    metrics["dice"] += 0.01
+            stats["mean"]["dice"] += 0.01
+    after = tmp_path / "after.json"
+    after.write_text(json.dumps(results))
+    script = REPO / "benchmarks" / "orientation_hu_effect.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--before", str(before), "--after", str(after)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    lines = result.stdout.splitlines()
+    assert "ct:" in lines and "mr:" in lines
+    assert "  paired after - before over 6 cases: +0.010 no CI, Wilcoxon p = 0.03" in lines
+    assert "  paired after - before over 4 cases: +0.010 no CI, Wilcoxon p = 0.12" in lines
+    assert any(line.startswith("  after  seeds 0: 0.828, 1: 0.844, 2: 0.860") for line in lines)
