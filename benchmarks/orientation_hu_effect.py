@@ -5,7 +5,7 @@ of the 5-fold cross-validation, same training and validation cases): the ``ummkd
 ``--before`` (stored voxel order, 8-bit CT units, scored on the resampled grid) and of
 ``--after`` (RAS, HU, scored on the stored grid). Prints each seed's mean Dice per modality, the
 between-seed mean +- sample std, and the paired per-case difference (after - before) of each
-case's mean Dice averaged over the seeds each side has per-case values for, with a 95 %
+case's mean Dice averaged over the seeds both sides have per-case values for, with a 95 %
 bootstrap CI and the Wilcoxon p-value. docs/benchmarks/orientation_hu_effect.txt holds its output.
 
     python benchmarks/orientation_hu_effect.py \
@@ -36,19 +36,28 @@ def _case_dice(case: dict[str, Any]) -> float:
     return sum(values) / len(values)
 
 
-def _describe(label: str, runs: list[dict[str, Any]], modality: str) -> dict[str, float]:
-    """Print the per-seed means; return each case's Dice averaged over seeds with cases."""
+def _describe(label: str, runs: list[dict[str, Any]], modality: str) -> None:
+    """Print each seed's mean Dice and the between-seed mean +- sample std."""
     means = [r["summary"]["modalities"][modality]["mean"]["dice"] for r in runs]
     mean, std = sample_mean_std(means)
     seeds = ", ".join(f"{r['seed']}: {m:.3f}" for r, m in zip(runs, means, strict=True))
     commits = sorted({r["commit"] for r in runs})
     grid = runs[0]["summary"].get("grid", "preprocessed (resampled)")
     print(f"  {label:<6} seeds {seeds}; mean {mean:.3f} +- {std:.3f} (commits {commits}; {grid})")
+
+
+def _per_case(runs: list[dict[str, Any]], modality: str, seeds: set[int]) -> dict[str, float]:
+    """Each case's mean Dice over the organs, averaged over ``seeds``."""
     per_case: dict[str, list[float]] = defaultdict(list)
     for run in runs:
-        for case in run["summary"]["modalities"][modality].get("cases", []):
-            per_case[case["id"]].append(_case_dice(case))
+        if run["seed"] in seeds:
+            for case in run["summary"]["modalities"][modality]["cases"]:
+                per_case[case["id"]].append(_case_dice(case))
     return {cid: sum(v) / len(v) for cid, v in per_case.items()}
+
+
+def _seeds_with_cases(runs: list[dict[str, Any]], modality: str) -> set[int]:
+    return {r["seed"] for r in runs if r["summary"]["modalities"][modality].get("cases")}
 
 
 def main() -> None:
@@ -60,15 +69,17 @@ def main() -> None:
     print(f"before: {args.before}\nafter:  {args.after}")
     for modality in ("ct", "mr"):
         print(f"{modality}:")
-        old = _describe("before", before, modality)
-        new = _describe("after", after, modality)
+        _describe("before", before, modality)
+        _describe("after", after, modality)
+        seeds = _seeds_with_cases(before, modality) & _seeds_with_cases(after, modality)
+        old, new = _per_case(before, modality, seeds), _per_case(after, modality, seeds)
         diff = paired_difference(new, old)
         low, high, p = diff["ci_low"], diff["ci_high"], diff["wilcoxon_p"]
         interval = "no CI" if low is None else f"[{low:+.3f}, {high:+.3f}]"
         wilcoxon = "" if p is None else f", Wilcoxon p = {p:.2f}"
         print(
-            f"  paired after - before over {diff['n']} cases: {diff['mean_difference']:+.3f} "
-            f"{interval}{wilcoxon}"
+            f"  paired after - before over {diff['n']} cases (case means over seeds "
+            f"{sorted(seeds)}): {diff['mean_difference']:+.3f} {interval}{wilcoxon}"
         )
 
 

@@ -148,6 +148,7 @@ def test_orientation_hu_effect_pairs_cases_over_seeds(tmp_path: Path) -> None:
     )
     lines = result.stdout.splitlines()
     assert "ct:" in lines and "mr:" in lines
-    assert "  paired after - before over 6 cases: +0.010 no CI, Wilcoxon p = 0.03" in lines
-    assert "  paired after - before over 4 cases: +0.010 no CI, Wilcoxon p = 0.12" in lines
+    paired = "  paired after - before over {} cases (case means over seeds [1, 2]): +0.010 no CI"
+    assert paired.format(6) + ", Wilcoxon p = 0.03" in lines
+    assert paired.format(4) + ", Wilcoxon p = 0.12" in lines
     assert any(line.startswith("  after  seeds 0: 0.828, 1: 0.844, 2: 0.860") for line in lines)
