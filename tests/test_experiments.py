@@ -460,6 +460,11 @@ def test_cross_validation_report_pools_folds_and_compares_per_case(
     text = (tmp_path / "out" / "abdominal_cv_cpu.md").read_text()
     assert "| `joint` | CT | 4 | +0.050 [" in text
     assert "sample standard deviation over test cases" in text
+    # one variant alone: no comparison section
+    alone_argv = [a for a in argv if a != "joint"]
+    assert main([*alone_argv, "--name", "alone"]) == 0
+    alone = (tmp_path / "out" / "alone.md").read_text()
+    assert "Paired differences" not in alone and "`ummkd`" in alone
 
     # runs of another commit are refused unless asked for, and then listed
     other = record_path_of(runs, "cpu", "joint", 0, Fold("splits_cv2.json", 1))

@@ -660,16 +660,17 @@ def cv_results_markdown(report: Mapping[str, Any]) -> str:
             ]
         rows.append(row)
     lines += ["", *markdown_table(header, rows)]
-    lines += [
-        "",
-        "## Paired differences",
-        "",
-        "Per case, `ummkd` minus the baseline, over the test cases both scored; 95 % BCa "
-        "bootstrap confidence interval over cases; two-sided Wilcoxon signed-rank p-value. A "
-        "difference is stated only where the interval excludes 0.",
-        "",
-        *comparison_markdown(report["comparisons"], "ummkd"),
-    ]
+    if report["comparisons"]:
+        lines += [
+            "",
+            "## Paired differences",
+            "",
+            "Per case, `ummkd` minus the baseline, over the test cases both scored; 95 % BCa "
+            "bootstrap confidence interval over cases; two-sided Wilcoxon signed-rank p-value. A "
+            "difference is stated only where the interval excludes 0.",
+            "",
+            *comparison_markdown(report["comparisons"], "ummkd"),
+        ]
     for m in modalities:
         lines += ["", f"## {m.upper()}: Dice (HD95 mm) per organ", ""]
         rows = []
