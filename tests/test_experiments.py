@@ -473,6 +473,19 @@ def test_cross_validation_report_pools_folds_and_compares_per_case(
     assert "one clean commit" in capsys.readouterr().err
     assert main([*argv, "--allow-mixed-commits"]) == 0
     assert "`ba9876543210`" in (tmp_path / "out" / "abdominal_cv_cpu.md").read_text()
+    other.write_text(other.read_text().replace("ba9876543210", "0123456789ab"))
+
+    # runs on two device types are refused unless asked for; runs name their machine
+    for index, path in enumerate(sorted(runs.rglob("record.json"))):
+        record = json.loads(path.read_text())
+        device = "NVIDIA H200" if index == 0 else "AMD EPYC (2 cores)"
+        record.update(device=device, machine=f"{device}, torch 2.13")
+        path.write_text(json.dumps(record))
+    assert main(argv) == 1
+    assert "one device type" in capsys.readouterr().err
+    assert main([*argv, "--allow-mixed-devices"]) == 0
+    text = (tmp_path / "out" / "abdominal_cv_cpu.md").read_text()
+    assert "Runs trained on: AMD EPYC (2 cores), torch 2.13; NVIDIA H200, torch 2.13" in text
 
 
 def test_write_jobs_gives_one_command_per_run_and_trains_nothing(

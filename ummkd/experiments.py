@@ -66,7 +66,7 @@ from ummkd.evaluation.report import (
     markdown_table,
 )
 from ummkd.evaluation.statistics import sample_mean_std
-from ummkd.provenance import git_commit, machine_description
+from ummkd.provenance import device_type, git_commit, machine_description
 
 VARIANTS = ("single_ct", "single_mr", "joint", "separate_norm", "x_shape", "y_shape", "ummkd")
 """Variants in the order of the paper's comparison table (ummkd last)."""
@@ -348,6 +348,8 @@ def run_variant(
         "splits": None if fold is None else fold.splits,
         "scale": scale,
         "commit": git_commit(),
+        "device": device_type(),
+        "machine": machine_description(),
         "fit_command": shlex.join(fit),
         "test_command": shlex.join(test),
         "fit_seconds": round(fit_seconds, 1),
@@ -565,7 +567,7 @@ def results_markdown(report: Mapping[str, Any]) -> str:
         "",
         f"- Date: {report['date']}; report written at git commit `{report['report_written_at']}` "
         "(each run's own commit is listed under Runs)",
-        f"- Machine: {report['machine']}",
+        _machines_line(report),
         f"- Data: `{report['data_root']}` (BTCV CT + CHAOS T2-SPIR MR, fixed split: "
         f"{report['n_test']} test cases); checkpoint chosen on validation Dice, numbers on test.",
         f"- Seeds: {', '.join(map(str, report['seeds']))}. Spread: " + _spread_note(agg),
@@ -613,6 +615,11 @@ def results_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _machines_line(report: Mapping[str, Any]) -> str:
+    machines = report.get("run_machines") or ["not recorded"]
+    return f"- Runs trained on: {'; '.join(machines)}; report written on {report['machine']}"
+
+
 def cv_results_markdown(report: Mapping[str, Any]) -> str:
     """Render a cross-validation report: pooled per-case results and paired differences."""
     variants = report["variants"]
@@ -632,7 +639,7 @@ def cv_results_markdown(report: Mapping[str, Any]) -> str:
         "",
         f"- Date: {report['date']}; runs from commit(s) {', '.join(f'`{c}`' for c in commits)}; "
         f"report written at `{report['report_written_at']}`",
-        f"- Machine: {report['machine']}",
+        _machines_line(report),
         f"- Folds: `{report['data_root']}/{splits['file']}`; seeds: "
         + ", ".join(map(str, report["seeds"])),
         f"- Scale: {report['scale_note']}",
@@ -792,6 +799,26 @@ def check_one_code_version(runs: Sequence[Mapping[str, Any]], allow_mixed: bool)
     return commits
 
 
+def check_one_device_type(runs: Sequence[Mapping[str, Any]], allow_mixed: bool) -> list[str]:
+    """The machines the runs were trained on; refuse several device types unless allowed.
+
+    Runs recorded before devices were recorded count as ``not recorded`` and are not checked.
+
+    Raises:
+        ReproduceError: the runs come from several device types and ``allow_mixed`` is off.
+    """
+    devices = sorted({str(r["device"]) for r in runs if r.get("device")})
+    if len(devices) > 1 and not allow_mixed:
+        raise ReproduceError(
+            f"the runs were trained on {', '.join(devices)}: a results file holds runs of one "
+            "device type; pass --allow-mixed-devices to aggregate anyway (the report lists them)"
+        )
+    machines = sorted({str(r["machine"]) for r in runs if r.get("machine")})
+    if any(not r.get("machine") for r in runs):
+        machines.append("not recorded (runs made before records named their machine)")
+    return machines
+
+
 def cross_validation_report(
     records: Mapping[str, Sequence[Mapping[str, Any]]], classes: Sequence[str], method: str
 ) -> dict[str, Any]:
@@ -922,6 +949,7 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
             f"no finished runs below {args.runs / args.scale} for the variants and seeds asked for"
         )
     commits = check_one_code_version(runs, args.allow_mixed_commits)
+    machines = check_one_device_type(runs, args.allow_mixed_devices)
     tested = [r["summary"]["modalities"] for r in runs]
     modalities = sorted({m for result in tested for m in result})
     command = "ummkd reproduce " + shlex.join(args.argv)
@@ -931,6 +959,7 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
         "date": time.strftime("%Y-%m-%d"),
         "report_written_at": git_commit(),
         "run_commits": commits,
+        "run_machines": machines,
         "machine": machine_description(),
         "command": command.strip(),
         "data_root": str(data_root),
@@ -1052,6 +1081,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-mixed-commits",
         action="store_true",
         help="aggregate runs from several commits or a dirty tree (the report lists them)",
+    )
+    parser.add_argument(
+        "--allow-mixed-devices",
+        action="store_true",
+        help="aggregate runs trained on several device types (the report lists them)",
     )
     parser.add_argument(
         "--rerun", action="store_true", help="train again even where a finished record exists"

@@ -71,6 +71,19 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or UNKNOWN
 
 
+def device_type() -> str:
+    """The kind of device runs train on: the GPU's name where CUDA is available, else the CPU's.
+
+    Returns:
+        e.g. ``"NVIDIA H200"`` or ``"AMD EPYC 7B13 (2 cores)"``.
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{cpu_model()} ({os.cpu_count()} cores)"
+
+
 def machine_description() -> str:
     """GPU (where CUDA is available), CPU model, core count, torch threads, torch and Python."""
     import torch
