@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -154,3 +155,32 @@ def test_every_config_file_is_in_the_package_data() -> None:
     assert len(files) >= 20
     assert not [f for f in files if not any(fnmatch.fnmatchcase(f, p) for p in patterns)]
     assert (REPO / "configs").resolve() == PACKAGED_CONFIGS
+
+
+def test_fit_and_test_print_no_lightning_noise(tiny_dataset: Path, tmp_path: Path) -> None:
+    """No advert, no false "logs will be deleted", no "dirpath has changed", no LeafSpec notice."""
+    base = ["--config", "demo", f"--data.root={tiny_dataset}", "--data.patch_size=[32,32]"]
+    base += ["--model.network.init_args.channels=[4,8,16,32]", "--trainer.default_root_dir=runs"]
+    base += ["--trainer.enable_progress_bar=false", "--data.num_workers=0"]
+    env = {**os.environ, "UMMKD_CACHE_DIR": str(tmp_path / "cache")}
+    output = ""
+    for args in (
+        ["fit", *base, "--trainer.max_steps=2", "--data.steps_per_epoch=2"],
+        ["test", *base, "--ckpt_path=best", "--verbose=false"],
+        ["test", *base, "--ckpt_path=best", "--verbose=false"],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "ummkd", *args],
+            cwd=tmp_path,  # a relative root, outside the clone
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        output += result.stdout + result.stderr
+    for noise in ("💡 Tip", "exists and is not empty", "dirpath has changed", "LeafSpec"):
+        assert noise not in output, noise
+    (run,) = (tmp_path / "runs").iterdir()
+    assert len(list((run / "test").rglob("metrics.csv"))) == 2  # one per test, none replaced

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,7 @@ _PLAIN_COMMANDS = {
     "segment": "ummkd.segment",
 }
 _RUN_VERSION_ENV = "UMMKD_RUN_VERSION"
+_LIGHTNING_LOG = "lightning.pytorch.utilities.rank_zero"
 _DEFAULT_ROOT = "runs/default"
 _DEBUG_ENV = "UMMKD_DEBUG"
 _TRACEBACK_FLAG = "--traceback"
@@ -83,6 +86,18 @@ _FILE_ERRORS = (
     IsADirectoryError,
     NotADirectoryError,
 )
+
+
+class _NoAdverts(logging.Filter):
+    """Drops Lightning's per-run advertisement ("💡 Tip: ... litlogger ...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+logging.getLogger(_LIGHTNING_LOG).addFilter(_NoAdverts())
+# Lightning 2.6 calls a torch pytree API that torch 2.13 deprecates, on every run: not the user's
+warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
 
 
 def run_version(*, new: bool = False) -> str:
