@@ -143,7 +143,7 @@ def test_predict_refusals(dataset: Path, tmp_path: Path, cache_env: dict[str, st
 def test_traceback_on_request(dataset: Path, tmp_path: Path) -> None:
     typo = tmp_path / "nowhere"
     result = _ummkd("fit", "--config", DEMO, f"--data.root={typo}", "--traceback")
-    assert result.returncode == 1 and "Traceback" in result.stderr and "DataError" in result.stderr
+    assert result.returncode == 2 and "Traceback" in result.stderr and "DataError" in result.stderr
 
 
 # ---------------------------------------------------------------------------------- data check

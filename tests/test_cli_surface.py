@@ -129,7 +129,8 @@ def test_an_unknown_config_name_is_one_line_listing_the_names(
     err = capsys.readouterr().err
     assert exit_.value.code == 2
     assert err.count("\n") == 1 and "--config dmeo: no such file" in err
-    assert "demo, logger/wandb" in err
+    assert "did you mean demo?" in err and "demo, logger/wandb" in err
+    assert "sweeps/" not in err  # sweeps are not --config files
 
 
 def test_reproduce_finds_the_packaged_variant_configs(
@@ -141,9 +142,16 @@ def test_reproduce_finds_the_packaged_variant_configs(
     args = build_parser().parse_args(["--trainer-config", "trainer/gpu"])
     assert (args.configs / "ummkd.yaml").is_file()
     assert args.trainer_config == PACKAGED_CONFIGS / "trainer" / "gpu.yaml"
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["--configs", "abdominal_9d"])
-    assert "--configs: abdominal_9d: no such file" in capsys.readouterr().err
+    for bad, message in (
+        ("abdominal_9d", "abdominal_9d: no such file, and no packaged config folder"),
+        ("demo", "demo: no such file"),  # a packaged file, not a folder
+        (str(PACKAGED_CONFIGS / "demo.yaml"), "demo.yaml: not a folder"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args(["--configs", bad])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.count("\n") == 1, err  # one line, no usage block
+        assert message in err and "see `ummkd reproduce --help`" in err
 
 
 def test_every_config_file_is_in_the_package_data() -> None:

@@ -26,6 +26,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 import uuid
 import warnings
 from collections.abc import Sequence
@@ -407,7 +408,7 @@ def main(args: Sequence[str] | None = None) -> None:
 
     User errors (see :func:`user_error`) print ``ummkd <command>: error: <message>`` on stderr
     and exit with code 2 (input errors) or 1 (failed runs); with ``--traceback`` or
-    ``UMMKD_DEBUG=1`` they are raised with their traceback, like every other exception.
+    ``UMMKD_DEBUG=1`` the full traceback is printed instead, with the same exit code.
     """
     argv = list(sys.argv[1:] if args is None else args)
     debug = _TRACEBACK_FLAG in argv or os.environ.get(_DEBUG_ENV, "") not in ("", "0")
@@ -420,14 +421,18 @@ def main(args: Sequence[str] | None = None) -> None:
     try:
         _run(argv, from_sys_argv=args is None)
     except Exception as error:
-        found = None if debug else user_error(error)
+        found = user_error(error)
         if found is None:
             raise
+        code = getattr(found, "exit_code", 2)
+        if debug:  # the traceback as asked, the exit code unchanged
+            traceback.print_exc()
+            raise SystemExit(code) from None
         message = str(found) or type(found).__name__
         if isinstance(found, argparse.ArgumentError):
             message = f"{' '.join(message.split())}; see `{command} --help`"
         print(f"{command}: error: {message}", file=sys.stderr)
-        raise SystemExit(getattr(found, "exit_code", 2)) from None
+        raise SystemExit(code) from None
 
 
 def _replace_deprecated_flags(argv: list[str]) -> list[str]:
@@ -450,7 +455,7 @@ def top_level_help() -> str:
     """The text of ``ummkd --help``: usage and every command with its one-line description."""
     width = max(len(name) for name in COMMANDS)
     lines = [
-        "usage: ummkd [-h] [--version] COMMAND ...",
+        "usage: ummkd [-h] [--version] COMMAND [--traceback] ...",
         "",
         "Unpaired multi-modal (CT + MRI) segmentation via knowledge distillation.",
         "",

@@ -8,7 +8,17 @@ The subclasses that also derive from ``ValueError`` keep ``except ValueError`` c
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "DataError", "RunError", "UMMKDError", "UsageError"]
+import argparse
+from typing import NoReturn
+
+__all__ = [
+    "CheckpointError",
+    "CommandParser",
+    "DataError",
+    "RunError",
+    "UMMKDError",
+    "UsageError",
+]
 
 
 class UMMKDError(Exception):
@@ -37,3 +47,11 @@ class RunError(UMMKDError):
     """A run could not complete (a child command failed); exit code 1."""
 
     exit_code = 1
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The parser of ummkd's plain commands: a usage error is one line, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``<prog>: error: <message>; see `<prog> --help``` and exit with code 2."""
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")

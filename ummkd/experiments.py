@@ -51,7 +51,7 @@ from ummkd.config_files import resolve_config
 from ummkd.data.cross_validation import cross_validation_splits, describe_splits
 from ummkd.data.dataset_spec import DatasetSpecError, load_dataset
 from ummkd.data.io import atomic_write_bytes, write_json, write_text_atomic
-from ummkd.errors import RunError, UsageError
+from ummkd.errors import CommandParser, RunError, UsageError
 from ummkd.evaluation.comparison import (
     comparison_markdown,
     paired_comparisons,
@@ -991,8 +991,16 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
     return write_results(report, args.results, stem)
 
 
+def _config_folder(value: str) -> Path:
+    """An argparse ``type``: a folder of configs, or the packaged one of that name."""
+    try:
+        return Path(resolve_config(value, what="", kind="folder"))
+    except UsageError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _config_path(value: str) -> Path:
-    """An argparse ``type``: a path, or the packaged config (folder) of that name."""
+    """An argparse ``type``: a config file, or the packaged one of that name."""
     try:
         return Path(resolve_config(value, what=""))
     except UsageError as error:
@@ -1001,12 +1009,17 @@ def _config_path(value: str) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ummkd reproduce``."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="ummkd reproduce",
         description="Train and test every variant of the paper's abdominal comparison and write "
         "results/abdominal_2d_<scale>.{md,json,png}.",
     )
-    parser.add_argument("--scale", choices=SCALES, default="cpu", help="cpu (default) or full")
+    parser.add_argument(
+        "--scale",
+        choices=SCALES,
+        default="cpu",
+        help="cpu (default, 2 cores), gpu-short (one GPU, all runs at once) or full (paper)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default: 0)")
     parser.add_argument(
         "--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="variants to run"
@@ -1022,9 +1035,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--configs",
-        type=_config_path,
+        type=_config_folder,
         default="configs/abdominal_2d",
-        help="variant configs (default: the packaged abdominal_2d configs)",
+        help="folder of the variant configs (default: the packaged abdominal_2d)",
     )
     parser.add_argument(
         "--trainer-config",

@@ -36,7 +36,7 @@ import ummkd
 from ummkd.data.dataset_spec import Case, DatasetSpecError
 from ummkd.data.io import make_temporary_dir, write_json, write_text_atomic
 from ummkd.data.transforms import ModalityPreprocessing, invert_to_input_space
-from ummkd.errors import UsageError
+from ummkd.errors import CommandParser, UsageError
 
 FORMAT = "ummkd-model/1"
 METADATA = Path("configs/metadata.json")
@@ -501,7 +501,7 @@ def _build_module(hparams: dict[str, Any], state: dict[str, Any], source: Path) 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ummkd export``."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="ummkd export",
         description="Write a self-contained model package (weights, what the model expects, "
         "what it was trained and tested on) from a training checkpoint.",

@@ -25,7 +25,7 @@ import torch
 
 from ummkd.data.io import NIFTI_SUFFIXES, save_nifti, strip_nifti_suffix
 from ummkd.data.transforms import invert_to_input_space, prediction_transforms
-from ummkd.errors import UsageError
+from ummkd.errors import CommandParser, UsageError
 from ummkd.model_package import (
     ModelPackage,
     PackageError,
@@ -201,7 +201,7 @@ def segment(
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ummkd segment``."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="ummkd segment",
         description="Segment scans with exported model packages (no training config or data "
         "needed). Several -m packages are averaged in probability space.",

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from ummkd.config_files import resolve_config
-from ummkd.errors import UsageError
+from ummkd.errors import CommandParser, UsageError
 
 METHODS = ("grid", "random", "bayes")
 #: Metrics the module logs that a sweep can maximize (``val/dice_<modality>`` besides these).
@@ -469,14 +469,14 @@ def dry_run(path: str | os.PathLike[str], count: int = 3, seed: int = 0) -> int:
 def _sweep_file(value: str) -> str:
     """An argparse ``type``: the sweep file, or the packaged one of that name."""
     try:
-        return resolve_config(value, what="")
+        return resolve_config(value, what="", kind="sweep")
     except UsageError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ummkd sweep-dry-run``."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="ummkd sweep-dry-run",
         description="Render and parse the commands a W&B sweep agent would run (no training).",
     )

@@ -40,6 +40,7 @@ from ummkd.data.dataset_spec import (
 )
 from ummkd.data.intensity import ct_units_warnings
 from ummkd.data.synthetic import make_synthetic_dataset
+from ummkd.errors import CommandParser
 
 __all__ = ["Importer", "build_parser", "main"]
 
@@ -187,7 +188,7 @@ def build_parser(importers: Mapping[str, Importer] | None = None) -> argparse.Ar
     Returns:
         The parser; parsed arguments carry the subcommand's handler in ``handler``.
     """
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="ummkd data", description="Check, synthesize and import ummkd datasets."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

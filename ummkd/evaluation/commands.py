@@ -24,7 +24,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import track
 
-from ummkd.errors import UMMKDError
+from ummkd.errors import CommandParser, UMMKDError
 from ummkd.evaluation.metrics import case_metrics, summarize_cases
 from ummkd.evaluation.report import DEFAULT_TITLE, results_table, write_report
 
@@ -50,7 +50,7 @@ def build_parser(prog: str = "ummkd evaluate") -> argparse.ArgumentParser:
     Returns:
         The parser.
     """
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog=prog,
         description="Compute Dice, ASSD and HD95 of predicted label maps against references "
         "and write summary.json, results.md and dice.png.",
