@@ -82,10 +82,32 @@ def test_package_layout_metadata_and_weights_only(
     assert ct["units"] == "HU" and ct["window"] == dataset["modalities"]["ct"]["window"]
     assert ct["training_cases"] > 0 and len(ct["fingerprint"]["spacing_min"]) == 3
     assert meta["training_steps"] == 6 and meta["ummkd_version"]
-    assert meta["training_commits"] == [code_commit()] and meta["commit"] == code_commit()
+    assert meta["training_commits"] == [code_commit()] and meta["export_commit"] == code_commit()
     state = torch.load(folder / WEIGHTS, weights_only=True)
     assert any(k.startswith("network.") for k in state)
-    assert (folder / "docs/README.md").read_text().startswith("model ")
+    readme = (folder / "docs/README.md").read_text()
+    assert readme.startswith("```\nmodel ") and "Test scores: none" in readme
+
+
+def test_exported_test_scores_are_those_of_the_exported_checkpoint(
+    packages: dict[str, Path], tiny_dataset: Path, tmp_path: Path
+) -> None:
+    run = packages["ckpt0"].parent.parent
+    (best,) = run.rglob("best*.ckpt")
+    args = ["test", "--config", str(CONFIG), f"--data.root={tiny_dataset}", f"--ckpt_path={best}"]
+    args += ["--verbose=false", *FAST, *TINY_2D]
+    cli(args)
+    cli([*args, "--model.tta=true"])
+    reports = sorted(run.glob("test/version_*/summary.json"))
+    assert len(reports) == 2  # one folder per test call: nothing replaced
+    assert all((r.parent / "config.yaml").is_file() for r in reports)
+    meta = load_package(export_model(best, tmp_path / "best", postprocessing=False)).metadata
+    assert meta.test_metrics is not None
+    assert meta.test_metrics["checkpoint"] == str(best.resolve())
+    assert meta.test_metrics["inference"]["tta"] is True  # the newest report of these weights
+    assert meta.test_metrics["source"] == "test/version_1/summary.json"
+    other = load_package(export_model(packages["ckpt0"], tmp_path / "last", postprocessing=False))
+    assert other.metadata.test_metrics is None  # last.ckpt was never tested
 
 
 def test_segment_equals_predict_from_the_checkpoint(

@@ -236,10 +236,9 @@ class UMMKDCLI(LightningCLI):
         """Default loggers (TensorBoard + CSV) share one run folder below ``default_root_dir``.
 
         ``test``, ``validate`` and ``predict`` of a checkpoint in a run folder
-        (``RUN/checkpoints/x.ckpt``) use that run folder instead of a new one: the report and
-        TensorBoard events go into ``RUN``, the CSV metrics into ``RUN/<subcommand>/version_N/``
-        (one per call; Lightning would replace the training's ``metrics.csv``) and the config
-        into ``RUN/config-<subcommand>.yaml``.
+        (``RUN/checkpoints/x.ckpt``) use that run folder instead of a new one: TensorBoard events
+        go into ``RUN``; the CSV metrics, the config and the test report into
+        ``RUN/<subcommand>/version_N/``, one folder per call (nothing is replaced).
         """
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         # absolute, so that the checkpoint folder a test finds equals the one fit recorded
@@ -260,6 +259,9 @@ class UMMKDCLI(LightningCLI):
                 else CSVLogger(root, name="", version=version)
             )
             csv.experiment  # noqa: B018  (its folder, before config.yaml is written into it)
+            if run is not None:  # the config beside the metrics and report of this call
+                call_dir = Path(csv.log_dir).relative_to(run)
+                self.save_config_kwargs["config_filename"] = str(call_dir / "config.yaml")
             kwargs["logger"] = [TensorBoardLogger(root, name="", version=version), csv]
         # A W&B logger (WandbRunLogger) without save_dir gets the same per-run folder.
         bind_run_dir(kwargs.get("logger", trainer_cfg.get("logger")), Path(root) / run_version())

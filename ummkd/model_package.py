@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import yaml
 from monai.transforms import KeepLargestConnectedComponent
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 import ummkd
 from ummkd.data.dataset_spec import Case, DatasetSpecError
@@ -97,7 +97,7 @@ class ModelMetadata(BaseModel):
     format: Literal["ummkd-model/1"]
     name: str
     ummkd_version: str
-    commit: str
+    export_commit: str = Field(validation_alias=AliasChoices("export_commit", "commit"))
     training_commits: list[str] = []
     exported: str
     labels: dict[str, int]
@@ -135,6 +135,38 @@ class ModelMetadata(BaseModel):
             f"  classes: {', '.join(n for n, i in sorted(self.labels.items(), key=lambda x: x[1]))}"
             f"; orientation {self.orientation or 'as stored'}; spacing {self.spacing or 'native'}"
         )
+        return "\n".join(lines)
+
+    def readme(self) -> str:
+        """The package's ``docs/README.md``: :meth:`describe`, provenance, test scores, usage."""
+        lines = [
+            "```",
+            self.describe(),
+            "```",
+            "",
+            f"- Weights: `{self.checkpoint}` after {self.training_steps} training steps; "
+            f"exported {self.exported} by ummkd {self.ummkd_version} at commit "
+            f"{self.export_commit}.",
+        ]
+        for modality, spec in self.inputs.items():
+            kept = ", ".join(spec.postprocess_largest_component) or "none"
+            lines.append(f"- {modality}: largest connected component kept for: {kept}.")
+        metrics = self.test_metrics
+        if metrics:
+            options = metrics.get("inference") or {}
+            lines.append(
+                f"- Test scores ({metrics['grid']} grid, TTA {options.get('tta', 'not recorded')}, "
+                f"report `{metrics['source']}`):"
+            )
+            for modality, result in metrics["modalities"].items():
+                dice, hd95 = result["mean"]["dice"], result["mean"].get("hd95", float("nan"))
+                lines.append(
+                    f"  - {modality}: Dice {dice:.3f}, HD95 {hd95:.1f} mm over "
+                    f"{result['n_cases']} cases"
+                )
+        else:
+            lines.append("- Test scores: none (no test report of these weights in their run).")
+        lines += ["", "Use: `ummkd segment -i SCAN.nii.gz -o OUT/ -m MODEL_FOLDER --modality MOD`"]
         return "\n".join(lines)
 
 
@@ -286,14 +318,24 @@ def _load_training_run(
     return module, datamodule, settings, run_dir
 
 
-def _test_metrics(run_dir: Path) -> dict[str, Any] | None:
-    """Means, per-class values and case ids of the run's newest native-grid test summary."""
-    found = sorted(run_dir.rglob("summary.json"), key=lambda p: p.stat().st_mtime)
-    if not found:
+def _test_metrics(run_dir: Path, checkpoint: Path) -> dict[str, Any] | None:
+    """The newest native-grid test report of ``checkpoint`` in its run folder, summarised.
+
+    Reports that name another checkpoint are skipped; reports written before reports named
+    their checkpoint are used (newest first) and say so.
+    """
+    reports = sorted(run_dir.rglob("summary.json"), key=lambda p: p.stat().st_mtime)
+    loaded = [(path, json.loads(path.read_text())) for path in reports]
+    target = str(checkpoint.resolve())
+    of_checkpoint = [(p, s) for p, s in loaded if s.get("checkpoint") == target]
+    unnamed = [(p, s) for p, s in loaded if "checkpoint" not in s]
+    if not (of_checkpoint or unnamed):
         return None
-    summary = json.loads(found[-1].read_text())
+    path, summary = (of_checkpoint or unnamed)[-1]
     return {
-        "source": found[-1].name,
+        "source": str(path.relative_to(run_dir)),
+        "checkpoint": summary.get("checkpoint", "not recorded (an older test report)"),
+        "inference": summary.get("inference"),
         "grid": summary.get("grid", "preprocessed"),
         "modalities": {
             m: {
@@ -383,7 +425,7 @@ def export_model(
         format=FORMAT,
         name=name or f"{spec.name}-{run_dir.parent.name}",
         ummkd_version=ummkd.__version__,
-        commit=code_commit(),
+        export_commit=code_commit(),
         training_commits=settings["training_commits"],
         exported=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         labels={n: i for i, n in enumerate(module.class_names)},
@@ -397,7 +439,7 @@ def export_model(
         },
         training_steps=settings["global_step"],
         checkpoint=str(checkpoint),
-        test_metrics=_test_metrics(run_dir),
+        test_metrics=_test_metrics(run_dir, checkpoint),
     )
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = make_temporary_dir(target.parent, f".{target.name}.tmp-")
@@ -406,7 +448,7 @@ def export_model(
         write_json(json.loads(metadata.model_dump_json()), _made(folder / METADATA))
         write_json(settings["hparams"], _made(folder / INFERENCE))
         torch.save(module.state_dict(), _made(folder / WEIGHTS))
-        write_text_atomic(_made(folder / README), metadata.describe() + "\n")
+        write_text_atomic(_made(folder / README), metadata.readme() + "\n")
         if as_zip:
             archive = shutil.make_archive(str(staging / "package"), "zip", folder)
             Path(archive).replace(target)

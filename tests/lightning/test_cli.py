@@ -95,13 +95,15 @@ def test_test_writes_report(trained_run: Path, tiny_dataset: Path) -> None:
         assert [c["id"] for c in stats["cases"]]
     assert (summaries[-1].parent / "results.md").is_file()
     assert (summaries[-1].parent / "dice.png").is_file()
-    # the report lands in the run folder of the checkpoint it scored, no new run folder
-    assert summaries[-1].parent == run_folder
+    # the report lands in the run folder of the checkpoint it scored (its test/version_N
+    # folder, with the call's metrics and config), no new run folder
+    assert summaries[-1].parent == run_folder / "test" / "version_0"
+    assert summary["checkpoint"] == str(best.resolve()) and summary["inference"]["tta"] is False
     assert sorted(p.name for p in trained_run.iterdir()) == runs_before
     assert (run_folder / "metrics.csv").read_text() == fit_metrics
-    (test_metrics,) = (run_folder / "test").rglob("metrics.csv")
-    assert "test/" in test_metrics.read_text()
-    assert (run_folder / "config.yaml").is_file() and (run_folder / "config-test.yaml").is_file()
+    assert "test/" in (summaries[-1].parent / "metrics.csv").read_text()
+    assert (run_folder / "config.yaml").is_file()
+    assert (summaries[-1].parent / "config.yaml").is_file()
 
 
 def _oblique_lps_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:

@@ -10,12 +10,14 @@ import lightning.pytorch as pl
 import nibabel as nib
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 
 from ummkd.data.io import save_nifti
 from ummkd.errors import UsageError
 from ummkd.evaluation.report import results_table, write_report
+from ummkd.provenance import code_commit
 
 
 class NiftiPredictionWriter(BasePredictionWriter):
@@ -224,7 +226,9 @@ class ValidationImages(Callback):
 class ResultsReport(Callback):
     """Print the per-modality result table after fit (validation) and test; write test reports.
 
-    After ``test`` the run directory receives ``summary.json``, ``results.md`` and ``dice.png``.
+    After ``test``, the folder of its CSV logger (one per test call, see ``ummkd.cli``; else the
+    run directory) receives ``summary.json``, ``results.md`` and ``dice.png``; the summary names
+    the checkpoint, the inference options and the code's commit.
     """
 
     def __init__(self, console: Console | None = None) -> None:
@@ -244,9 +248,19 @@ class ResultsReport(Callback):
         summary = getattr(pl_module, "last_test_summary", None)
         if not summary:
             return
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        csv_dirs = [lg.log_dir for lg in trainer.loggers if isinstance(lg, CSVLogger)]
+        out_dir = Path(csv_dirs[0] if csv_dirs else trainer.log_dir or trainer.default_root_dir)
         network = getattr(pl_module, "network", pl_module)
-        summary = {**summary, "parameters": sum(p.numel() for p in network.parameters())}
+        summary = {
+            **summary,
+            "parameters": sum(p.numel() for p in network.parameters()),
+            "checkpoint": str(Path(trainer.ckpt_path).resolve()) if trainer.ckpt_path else None,
+            "inference": {
+                "tta": getattr(pl_module, "tta", False),
+                "sw_overlap": getattr(pl_module, "sw_overlap", None),
+            },
+            "commit": code_commit(),
+        }
         files = write_report(summary, out_dir, title="ummkd test results")
         self.console.print(results_table(summary, title="Test"))
         self.console.print(f"[ummkd] test report: {files['summary']}")
