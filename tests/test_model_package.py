@@ -210,7 +210,11 @@ def test_zip_package_and_refusals(
 
 
 def test_scans_far_from_the_training_fingerprint_warn(
-    packages: dict[str, Path], scan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    packages: dict[str, Path],
+    scan: Path,
+    tiny_dataset: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     image = nib.load(scan)
     affine = image.affine.copy()
@@ -233,6 +237,12 @@ def test_scans_far_from_the_training_fingerprint_warn(
     )
     err = capsys.readouterr().err
     assert "voxel spacing" in err and "far outside the training range" in err
+    assert "label map" not in err
+    # a label file given as a scan (e.g. a whole dataset folder passed to -i)
+    (case,) = load_dataset(tiny_dataset).cases_for("mr", "test")
+    argv = ["-i", str(case.label), "-o", str(tmp_path / "l"), "-m", str(packages["pkg0"])]
+    assert segment([*argv, "--modality", "mr"]) == 0
+    assert "holds only 5 distinct whole values: a label map or mask" in capsys.readouterr().err
 
 
 def test_dicom_series_input(packages: dict[str, Path], scan: Path, tmp_path: Path) -> None:

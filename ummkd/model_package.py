@@ -43,6 +43,7 @@ METADATA = Path("configs/metadata.json")
 INFERENCE = Path("configs/inference.json")
 WEIGHTS = Path("models/model.pt")
 README = Path("docs/README.md")
+MAX_LABEL_VALUES = 16  # an input with at most this many distinct whole values is no scan
 
 
 class PackageError(UsageError):
@@ -223,6 +224,13 @@ def input_warnings(
                 f"{source}: field of view {extent[k]:.0f} mm along {axes[k]} is far outside the "
                 f"training range {fp.extent_min[k]:.0f}-{fp.extent_max[k]:.0f} mm"
             )
+    sample = image.reshape(-1)[:: max(1, image.size // 100_000)]
+    distinct = np.unique(sample)
+    if distinct.size <= MAX_LABEL_VALUES and np.all(distinct == np.round(distinct)):
+        warnings.append(
+            f"{source}: holds only {distinct.size} distinct whole values: a label map or mask, "
+            "not a scan?"
+        )
     if spec.units == "HU":
         low, median, high = fp.foreground_percentiles
         body = np.median(image[image > low]) if np.any(image > low) else float("nan")
