@@ -174,8 +174,8 @@ def test_fit_and_test_print_no_lightning_noise(tiny_dataset: Path, tmp_path: Pat
     output = ""
     for args in (
         ["fit", *base, "--trainer.max_steps=2", "--data.steps_per_epoch=2"],
-        ["test", *base, "--ckpt_path=best", "--verbose=false"],
-        ["test", *base, "--ckpt_path=best", "--verbose=false"],
+        ["test", *base, "--ckpt_path=best"],
+        ["test", *base, "--ckpt_path=best"],
     ):
         result = subprocess.run(
             [sys.executable, "-m", "ummkd", *args],
@@ -190,5 +190,7 @@ def test_fit_and_test_print_no_lightning_noise(tiny_dataset: Path, tmp_path: Pat
         output += result.stdout + result.stderr
     for noise in ("💡 Tip", "exists and is not empty", "dirpath has changed", "LeafSpec"):
         assert noise not in output, noise
+    assert "DataLoader 0" not in output  # Lightning's per-loader test table: ummkd prints its own
+    assert "[ummkd] run folder: " in output and "checkpoints: best " in output
     (run,) = (tmp_path / "runs").iterdir()
     assert len(list((run / "test").rglob("metrics.csv"))) == 2  # one per test, none replaced

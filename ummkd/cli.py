@@ -138,7 +138,7 @@ class UMMKDCLI(LightningCLI):
     def _prepare_subcommand_parser(
         self, klass: type, subcommand: str, **kwargs: Any
     ) -> LightningArgumentParser:
-        """Add the prediction options to the ``predict`` parser only.
+        """Add the prediction options to the ``predict`` parser only; ``test`` not verbose.
 
         LightningCLI has no public per-subcommand hook (``add_arguments_to_parser`` gets every
         subcommand's parser), so the options are added here, after Lightning's own.
@@ -146,6 +146,8 @@ class UMMKDCLI(LightningCLI):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand == "predict":
             add_predict_arguments(parser)
+        if subcommand == "test":  # ummkd's own table replaces Lightning's per-loader one
+            parser.set_defaults(verbose=False)
         return parser
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
@@ -223,6 +225,18 @@ class UMMKDCLI(LightningCLI):
     def before_fit(self) -> None:
         """Check a resumed checkpoint against the data."""
         self._check_checkpoint_modalities()
+
+    def after_fit(self) -> None:
+        """Say where the run is: its folder and its best and last checkpoints."""
+        found = []
+        for callback in self.trainer.checkpoint_callbacks:
+            monitored = getattr(callback, "monitor", None)
+            path = callback.best_model_path if monitored else callback.last_model_path
+            path = path or getattr(callback, "best_model_path", "")  # a 'last' without monitor
+            if path:
+                found.append(f"{'best' if monitored else 'last'} {path}")
+        checkpoints = ", ".join(dict.fromkeys(found)) or "none"
+        rank_zero_info(f"[ummkd] run folder: {self.trainer.log_dir}; checkpoints: {checkpoints}")
 
     def before_validate(self) -> None:
         """Check the checkpoint against the data."""
