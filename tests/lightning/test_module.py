@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 from monai.networks.nets import BasicUNet
 from torch import nn
 
+from ummkd.errors import UsageError
 from ummkd.lightning.module import CODE_COMMITS_KEY, UMMKDModule
 from ummkd.nn import DilatedResNet2d, ModalityNorm, modality_norm_layers
 from ummkd.provenance import code_commit
@@ -84,6 +86,14 @@ def test_a_single_modality_step_would_leave_the_other_norms_without_gradient() -
 
 
 # ---------------------------------------------------------------------------- optimizer
+def test_the_optimizers_own_weight_decay_is_refused_not_ignored() -> None:
+    module = _module(optimizer=functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.05))
+    with pytest.raises(UsageError, match="set that instead"):
+        module.configure_optimizers()
+    zero = _module(optimizer=functools.partial(torch.optim.Adam, lr=1e-3, weight_decay=0.0))
+    assert zero.configure_optimizers()["optimizer"].param_groups[0]["weight_decay"] == 1e-4
+
+
 def test_weight_decay_only_on_convolution_kernels() -> None:
     module = _module(weight_decay=1e-4)
     optimizer = module.configure_optimizers()["optimizer"]

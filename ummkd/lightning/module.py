@@ -18,6 +18,7 @@ from monai.data.utils import affine_to_spacing
 from torch import Tensor, nn
 from torchmetrics import MaxMetric
 
+from ummkd.errors import UsageError
 from ummkd.evaluation.inference import slicewise_predict, sliding_window_predict
 from ummkd.evaluation.metrics import case_metrics, summarize_cases
 from ummkd.losses import ModalityDistillationLoss, SegmentationLoss, UnpairedObjective
@@ -462,7 +463,18 @@ class UMMKDModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self) -> Any:
-        """Optimizer with weight decay on convolution/linear kernels only, stepped schedule."""
+        """Optimizer with weight decay on convolution/linear kernels only, stepped schedule.
+
+        Raises:
+            UsageError: The optimizer's own ``weight_decay`` is set (it would be ignored:
+                ``model.weight_decay`` sets the decay of the kernels).
+        """
+        own_decay = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay")
+        if own_decay:
+            raise UsageError(
+                f"model.optimizer.init_args.weight_decay={own_decay} would be ignored: ummkd "
+                "decays convolution/linear kernels only, by model.weight_decay; set that instead"
+            )
         decay, no_decay = [], []
         for module in self.network.modules():
             for name, param in module.named_parameters(recurse=False):
