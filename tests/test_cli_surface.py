@@ -94,6 +94,7 @@ def test_prediction_options_only_in_predict(
         main([subcommand, "--help"])
     text = capsys.readouterr().out
     assert "--ckpt_path" in text
+    assert "packaged config by name" in text and "newest run below" in " ".join(text.split())
     for flag in ("--out ", "--output", "--overwrite", "--save_probabilities"):
         assert flag not in text, (subcommand, flag)
     config, _ = _printed_config([subcommand, "--config", DEMO], capsys)
@@ -194,3 +195,10 @@ def test_fit_and_test_print_no_lightning_noise(tiny_dataset: Path, tmp_path: Pat
     assert "[ummkd] run folder: " in output and "checkpoints: best " in output
     (run,) = (tmp_path / "runs").iterdir()
     assert len(list((run / "test").rglob("metrics.csv"))) == 2  # one per test, none replaced
+
+
+def test_segment_modality_is_case_insensitive() -> None:
+    from ummkd.segment import build_parser as segment_parser
+
+    args = segment_parser().parse_args(["-i", "x", "-o", "y", "-m", "z", "--modality", "MR"])
+    assert args.modality == "mr"

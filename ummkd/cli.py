@@ -62,6 +62,12 @@ COMMANDS = {
     "sweep-dry-run": "render and parse sampled commands of a W&B sweep file (no training)",
 }
 _LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+_OPTION_HELP = {
+    "config": "a config file, or a packaged config by name (demo, abdominal_2d/cpu, ...); "
+    "repeatable, later ones override earlier ones",
+    "ckpt_path": "a checkpoint file, or best / last: that checkpoint of the newest run below "
+    "--trainer.default_root_dir (fit takes last: it resumes, or starts afresh if none)",
+}
 # predict's deprecated flag -> its name now (a one-line note is printed when it is used)
 _DEPRECATED_PREDICT_FLAGS = {"--output": "--out"}
 
@@ -148,6 +154,9 @@ class UMMKDCLI(LightningCLI):
             add_predict_arguments(parser)
         if subcommand == "test":  # ummkd's own table replaces Lightning's per-loader one
             parser.set_defaults(verbose=False)
+        for action in parser._actions:  # Lightning's texts do not know ummkd's resolution
+            if action.dest in _OPTION_HELP:
+                action.help = _OPTION_HELP[action.dest]
         return parser
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:

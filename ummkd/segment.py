@@ -218,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-m", "--model", type=Path, nargs="+", required=True, help="model package(s) (folder/zip)"
     )
-    parser.add_argument("--modality", required=True, help="modality of the scans, e.g. ct or mr")
+    parser.add_argument(
+        "--modality", required=True, type=str.lower, help="modality of the scans, e.g. ct or mr"
+    )
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
