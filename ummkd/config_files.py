@@ -7,7 +7,9 @@ as given. In a clone, ``configs/`` is a link to ``ummkd/configs``.
 
 from __future__ import annotations
 
+import argparse
 import difflib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -77,6 +79,18 @@ def resolve_config(value: str, *, what: str = "--config", kind: Kind = "config")
         f"{where}: no such file, and no packaged {noun} of that name; {guess}"
         f"packaged: {', '.join(names)}"
     )
+
+
+def config_argument(kind: Kind = "config") -> Callable[[str], Path]:
+    """An argparse ``type`` that resolves a path or packaged name (see :func:`resolve_config`)."""
+
+    def parse(value: str) -> Path:
+        try:
+            return Path(resolve_config(value, what="", kind=kind))
+        except UsageError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
 
 
 def resolve_config_arguments(argv: list[str]) -> list[str]:

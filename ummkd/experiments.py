@@ -47,11 +47,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ummkd.config_files import resolve_config
+from ummkd.config_files import config_argument
 from ummkd.data.cross_validation import cross_validation_splits, describe_splits
 from ummkd.data.dataset_spec import DatasetSpecError, load_dataset
 from ummkd.data.io import atomic_write_bytes, write_json, write_text_atomic
-from ummkd.errors import CommandParser, RunError, UsageError
+from ummkd.errors import CommandParser, RunError
 from ummkd.evaluation.comparison import (
     comparison_markdown,
     paired_comparisons,
@@ -991,22 +991,6 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
     return write_results(report, args.results, stem)
 
 
-def _config_folder(value: str) -> Path:
-    """An argparse ``type``: a folder of configs, or the packaged one of that name."""
-    try:
-        return Path(resolve_config(value, what="", kind="folder"))
-    except UsageError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _config_path(value: str) -> Path:
-    """An argparse ``type``: a config file, or the packaged one of that name."""
-    try:
-        return Path(resolve_config(value, what=""))
-    except UsageError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ummkd reproduce``."""
     parser = CommandParser(
@@ -1035,13 +1019,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--configs",
-        type=_config_folder,
+        type=config_argument("folder"),
         default="configs/abdominal_2d",
         help="folder of the variant configs (default: the packaged abdominal_2d)",
     )
     parser.add_argument(
         "--trainer-config",
-        type=_config_path,
+        type=config_argument(),
         help="trainer profile added to every run, e.g. trainer/gpu (packaged) or a file",
     )
     parser.add_argument(

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from ummkd.config_files import resolve_config
+from ummkd.config_files import config_argument
 from ummkd.errors import CommandParser, UsageError
 
 METHODS = ("grid", "random", "bayes")
@@ -466,14 +466,6 @@ def dry_run(path: str | os.PathLike[str], count: int = 3, seed: int = 0) -> int:
     return 0
 
 
-def _sweep_file(value: str) -> str:
-    """An argparse ``type``: the sweep file, or the packaged one of that name."""
-    try:
-        return resolve_config(value, what="", kind="sweep")
-    except UsageError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ummkd sweep-dry-run``."""
     parser = CommandParser(
@@ -482,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "file",
-        type=_sweep_file,
+        type=config_argument("sweep"),
         help="sweep definition (YAML): a file or a packaged name, e.g. sweeps/kd_lr",
     )
     parser.add_argument("--count", type=int, default=3, help="parameter sets to check")
