@@ -364,13 +364,23 @@ def test_restore_records_rejects_other_scales_and_non_results(tmp_path: Path) ->
     assert not (tmp_path / "runs").exists()
 
 
-def test_restore_and_rerun_together_are_refused(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--restore", "r.json", "--rerun"], "--restore reuses finished runs and --rerun trains"),
+        (["--train-limit", "mr=4"], "--train-limit needs --folds"),
+        (["--baseline", "joint"], "--baseline needs --folds"),
+        (["--folds", "5", "--variants", "ummkd", "--baseline", "joint"], "not among --variants"),
+    ],
+)
+def test_options_that_cannot_work_together_are_usage_errors(
+    options: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    results = _write_json(tmp_path / "r.json", _report({}))
-    code = main(["--restore", str(results), "--rerun", "--data", str(tmp_path / "none")])
-    assert code == 1
-    assert "give only one" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main([*options, "--data", str(tmp_path / "none")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
 
 
 def test_report_only_writes_the_finished_runs_and_trains_nothing(
@@ -465,6 +475,15 @@ def test_cross_validation_report_pools_folds_and_compares_per_case(
     assert main([*alone_argv, "--name", "alone"]) == 0
     alone = (tmp_path / "out" / "alone.md").read_text()
     assert "Paired differences" not in alone and "`ummkd`" in alone
+    # --baseline: every variant minus the baseline as well (the label-scarce question)
+    assert main([*argv, "--baseline", "joint", "--name", "gains"]) == 0
+    gains = json.loads((tmp_path / "out" / "gains.json").read_text())["gains"]
+    assert gains["baseline"] == "joint" and list(gains["differences"]) == ["ummkd"]
+    mr = gains["differences"]["ummkd"]["mr"]["dice"]
+    assert mr["n"] == 2 and mr["mean_difference"] == pytest.approx(0.05)
+    text = (tmp_path / "out" / "gains.md").read_text()
+    assert "## Gain over `joint`" in text and "| minus `joint` |" in text
+    assert "| `ummkd` | MR | 2 | +0.050 [" in text.split("## Gain over")[1]
 
     # runs of another commit are refused unless asked for, and then listed
     other = record_path_of(runs, "cpu", "joint", 0, Fold("splits_cv2.json", 1))

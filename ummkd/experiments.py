@@ -54,6 +54,7 @@ from ummkd.data.io import atomic_write_bytes, write_json, write_text_atomic
 from ummkd.errors import CommandParser, RunError
 from ummkd.evaluation.comparison import (
     comparison_markdown,
+    gains_over,
     paired_comparisons,
     pool_cases,
     pooled_statistics,
@@ -676,7 +677,19 @@ def cv_results_markdown(report: Mapping[str, Any]) -> str:
             "bootstrap confidence interval over cases; two-sided Wilcoxon signed-rank p-value. A "
             "difference is stated only where the interval excludes 0.",
             "",
-            *comparison_markdown(report["comparisons"], "ummkd"),
+            *comparison_markdown(report["comparisons"], "`ummkd` minus"),
+        ]
+    gains = report.get("gains")
+    if gains and gains["differences"]:
+        baseline = gains["baseline"]
+        lines += [
+            "",
+            f"## Gain over `{baseline}`",
+            "",
+            f"Per case, each variant minus `{baseline}`, on the modalities `{baseline}` was "
+            "tested on; same statistics as above.",
+            "",
+            *comparison_markdown(gains["differences"], f"minus `{baseline}`"),
         ]
     for m in modalities:
         lines += ["", f"## {m.upper()}: Dice (HD95 mm) per organ", ""]
@@ -820,14 +833,24 @@ def check_one_device_type(runs: Sequence[Mapping[str, Any]], allow_mixed: bool) 
 
 
 def cross_validation_report(
-    records: Mapping[str, Sequence[Mapping[str, Any]]], classes: Sequence[str], method: str
+    records: Mapping[str, Sequence[Mapping[str, Any]]],
+    classes: Sequence[str],
+    method: str,
+    baseline: str | None = None,
 ) -> dict[str, Any]:
     """Pool each variant's folds (one seed at a time) and compare ``method`` with the rest.
 
+    Args:
+        records: Variant -> its run records.
+        classes: Class names of the summaries.
+        method: The variant compared with every other one (``method`` minus each).
+        baseline: Optionally also every variant minus this one (``"gains"``).
+
     Returns:
         ``{"variants": {variant: {"folds", "seeds", "modalities": pooled statistics}},
-        "comparisons": paired differences, "coverage": {variant: {modality: case count}}}``;
-        with several seeds, a case's value is its mean over the seeds.
+        "comparisons": paired differences, "cases": {variant: {modality: case ids}}}``, plus
+        ``"gains": {"baseline", "differences"}`` with ``baseline``; with several seeds, a case's
+        value is its mean over the seeds.
     """
     pooled: dict[str, dict[str, dict[str, Any]]] = {}
     variants: dict[str, Any] = {}
@@ -846,11 +869,14 @@ def cross_validation_report(
             "fit_seconds": _time_range([r["fit_seconds"] for r in runs]),
             "modalities": pooled_statistics(pooled[variant], classes),
         }
-    return {
+    report = {
         "variants": variants,
         "comparisons": paired_comparisons(pooled, method),
         "cases": {v: {m: sorted(c) for m, c in p.items()} for v, p in pooled.items()},
     }
+    if baseline is not None:
+        report["gains"] = {"baseline": baseline, "differences": gains_over(pooled, baseline)}
+    return report
 
 
 def _finite_mean(values: Sequence[float | None]) -> float | None:
@@ -876,15 +902,22 @@ def _mean_over_seeds(per_seed: Sequence[Mapping[str, Mapping[str, Any]]]) -> dic
     return merged
 
 
+def option_conflict(args: argparse.Namespace) -> str | None:
+    """The first combination of ``ummkd reproduce`` options that cannot work, if any."""
+    if args.restore and args.rerun:
+        return "--restore reuses finished runs and --rerun trains them again: give only one"
+    if args.train_limit and not args.folds:
+        return "--train-limit needs --folds (it cuts each fold's training cases)"
+    if args.baseline and not args.folds:
+        return "--baseline needs --folds (it adds paired differences per case)"
+    if args.baseline and args.baseline not in args.variants:
+        return f"--baseline {args.baseline}: not among --variants; add it there to compare with it"
+    return None
+
+
 def reproduce(args: argparse.Namespace) -> dict[str, Path]:
     """Run (or reuse) every requested variant, fold and seed, then write the results files."""
-    if args.restore and args.rerun:
-        raise ReproduceError(
-            "--restore reuses finished runs and --rerun trains them again: give only one"
-        )
     train_limit = parse_train_limit(args.train_limit)
-    if train_limit and not args.folds:
-        raise ReproduceError("--train-limit needs --folds (it cuts each fold's training cases)")
     for results_file in args.restore:
         for path in restore_records(results_file, args.runs, args.scale):
             print(f"[ummkd] restored {path} from {results_file}", flush=True)
@@ -978,7 +1011,7 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
             if splits_path.is_file()
             else None,
         }
-        report.update(cross_validation_report(records, report["classes"], "ummkd"))
+        report.update(cross_validation_report(records, report["classes"], "ummkd", args.baseline))
         stem = args.name or "abdominal_cv_" + args.scale + (
             "".join(f"_{m}{k}" for m, k in sorted(train_limit.items()))
         )
@@ -1056,6 +1089,12 @@ def build_parser() -> argparse.ArgumentParser:
         "seeded subset), e.g. mr=4 for the label-scarce setting",
     )
     parser.add_argument(
+        "--baseline",
+        choices=VARIANTS,
+        help="with --folds: also report every variant minus this one, per case, e.g. single_mr "
+        "for the label-scarce question (ummkd minus each variant is always reported)",
+    )
+    parser.add_argument(
         "--parallel",
         type=int,
         default=1,
@@ -1118,10 +1157,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: Arguments after ``reproduce`` (default: ``sys.argv[1:]``).
 
     Returns:
-        The exit code: 0 on success, 1 on a user-facing problem.
+        The exit code: 0 on success, 1 on a user-facing problem; usage errors exit with 2.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    conflict = option_conflict(args)
+    if conflict:
+        parser.error(conflict)
     args.argv = argv
     args.executable = [sys.executable, "-m", "ummkd"]
     try:

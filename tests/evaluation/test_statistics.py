@@ -10,6 +10,7 @@ from scipy import stats
 
 from ummkd.evaluation.comparison import (
     comparison_markdown,
+    gains_over,
     paired_comparisons,
     pool_cases,
     pooled_statistics,
@@ -54,7 +55,7 @@ def test_a_degenerate_bootstrap_gives_no_interval_rather_than_nan() -> None:
     assert result["mean_difference"] == pytest.approx(-1.5)
     assert result["ci_low"] is None and result["ci_high"] is None
     per_metric = dict.fromkeys(("dice", "assd", "hd95"), result)
-    assert "nan" not in "".join(comparison_markdown({"b": {"ct": per_metric}}, "m"))
+    assert "nan" not in "".join(comparison_markdown({"b": {"ct": per_metric}}, "`m` minus"))
 
 
 def test_sample_mean_std() -> None:
@@ -86,7 +87,12 @@ def test_pooled_folds_and_paired_comparison() -> None:
     comparisons = paired_comparisons(pooled, "ummkd")
     dice = comparisons["joint"]["ct"]["dice"]
     assert dice["n"] == 4 and dice["mean_difference"] == pytest.approx(0.075)
-    lines = comparison_markdown(comparisons, "ummkd")
+    lines = comparison_markdown(comparisons, "`ummkd` minus")
+    assert lines[0].startswith("| `ummkd` minus |")
     assert lines[2].startswith("| `joint` | CT | 4 | +0.075 [")
+    gains = gains_over(pooled, "joint")
+    assert list(gains) == ["ummkd"]
+    assert gains["ummkd"]["ct"]["dice"]["mean_difference"] == pytest.approx(0.075)
+    assert gains_over(pooled, "single_mr") == {}
     with pytest.raises(ValueError, match="tested twice"):
         pool_cases([_summary({"a": 0.9}), _summary({"a": 0.8})])

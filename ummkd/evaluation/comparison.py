@@ -64,6 +64,26 @@ def pooled_statistics(
     return result
 
 
+def _paired_metrics(
+    minuend: Mapping[str, Mapping[str, Any]],
+    subtrahend: Mapping[str, Mapping[str, Any]],
+    metrics: Sequence[str],
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """``minuend - subtrahend`` per shared modality and metric (pooled cases of two methods)."""
+    result: dict[str, dict[str, dict[str, Any]]] = {}
+    for modality, cases in minuend.items():
+        if modality not in subtrahend:
+            continue
+        result[modality] = {
+            metric: paired_difference(
+                {cid: _value(c, metric) for cid, c in cases.items()},
+                {cid: _value(c, metric) for cid, c in subtrahend[modality].items()},
+            )
+            for metric in metrics
+        }
+    return result
+
+
 def paired_comparisons(
     pooled: Mapping[str, Mapping[str, Mapping[str, Any]]],
     method: str,
@@ -81,20 +101,41 @@ def paired_comparisons(
         ``{baseline: {modality: {metric: paired_difference(...)}}}`` for the baselines that
         share a modality with ``method``.
     """
-    comparisons: dict[str, dict[str, dict[str, Any]]] = {}
-    for baseline, baseline_cases in pooled.items():
-        if baseline == method or method not in pooled:
-            continue
-        for modality, cases in pooled[method].items():
-            if modality not in baseline_cases:
-                continue
-            per_metric = {}
-            for metric in metrics:
-                ours = {cid: _value(c, metric) for cid, c in cases.items()}
-                theirs = {cid: _value(c, metric) for cid, c in baseline_cases[modality].items()}
-                per_metric[metric] = paired_difference(ours, theirs)
-            comparisons.setdefault(baseline, {})[modality] = per_metric
-    return comparisons
+    if method not in pooled:
+        return {}
+    comparisons = {
+        baseline: _paired_metrics(pooled[method], cases, metrics)
+        for baseline, cases in pooled.items()
+        if baseline != method
+    }
+    return {baseline: result for baseline, result in comparisons.items() if result}
+
+
+def gains_over(
+    pooled: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    baseline: str,
+    *,
+    metrics: Sequence[str] = METRICS,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every other method minus ``baseline``, per modality and metric, on their shared cases.
+
+    Args:
+        pooled: Method -> :func:`pool_cases` result.
+        baseline: The method every other one is compared with (e.g. ``single_mr``).
+        metrics: Metrics compared (each case's mean over its classes).
+
+    Returns:
+        ``{method: {modality: {metric: paired_difference(...)}}}`` for the methods that share
+        a modality with ``baseline``.
+    """
+    if baseline not in pooled:
+        return {}
+    gains = {
+        method: _paired_metrics(cases, pooled[baseline], metrics)
+        for method, cases in pooled.items()
+        if method != baseline
+    }
+    return {method: result for method, result in gains.items() if result}
 
 
 def _number(value: float | None, digits: int) -> str:
@@ -102,11 +143,16 @@ def _number(value: float | None, digits: int) -> str:
 
 
 def comparison_markdown(
-    comparisons: Mapping[str, Mapping[str, Mapping[str, Any]]], method: str
+    comparisons: Mapping[str, Mapping[str, Mapping[str, Any]]], first_column: str
 ) -> list[str]:
-    """Markdown lines: the paired differences of ``method`` against each baseline."""
+    """Markdown lines: one row per method and modality of ``comparisons``.
+
+    Args:
+        comparisons: :func:`paired_comparisons` or :func:`gains_over` result.
+        first_column: Header of the column naming the other method, e.g. "`ummkd` minus".
+    """
     header = [
-        f"`{method}` minus",
+        first_column,
         "modality",
         "n",
         "Dice difference [95 % CI]",
@@ -116,7 +162,7 @@ def comparison_markdown(
         "Dice: a difference?",
     ]
     rows = []
-    for baseline, per_modality in comparisons.items():
+    for other, per_modality in comparisons.items():
         for modality, per_metric in per_modality.items():
             cells = []
             for metric, digits in (("dice", 3), ("assd", 2), ("hd95", 1)):
@@ -132,6 +178,6 @@ def comparison_markdown(
                 else "no (CI includes 0)"
             )
             p_text = MISSING if p is None else f"{p:.3g}"
-            row = [f"`{baseline}`", modality.upper(), str(dice["n"]), cells[0], p_text]
+            row = [f"`{other}`", modality.upper(), str(dice["n"]), cells[0], p_text]
             rows.append([*row, cells[1], cells[2], verdict])
     return markdown_table(header, rows)
