@@ -46,7 +46,8 @@ def test_check_options(tiny_dataset: Path, capsys: pytest.CaptureFixture[str]) -
 
 def test_check_schema_error_and_usage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", str(tmp_path)]) == 2
-    assert f"error: {tmp_path / 'dataset.json'}: not found" in capsys.readouterr().err
+    expected = f"ummkd data check: error: {tmp_path / 'dataset.json'}: not found"
+    assert expected in capsys.readouterr().err
     assert main(["check"]) == 2
     assert "the following arguments are required: root" in capsys.readouterr().err
     assert main(["--help"]) == 0
@@ -60,7 +61,8 @@ def test_synth_refuses_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "not real data" in printed and "no problems found" in printed
     before = (out / "ct/image_000.nii.gz").read_bytes()
     assert main(["synth", "--out", str(out), *SMALL_SYNTH, "--seed", "1"]) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("ummkd data synth: error:") and "--overwrite" in err
     assert (out / "ct/image_000.nii.gz").read_bytes() == before
     assert main(["synth", "--out", str(out), *SMALL_SYNTH, "--seed", "1", "--overwrite"]) == 0
     assert (out / "ct/image_000.nii.gz").read_bytes() != before
@@ -106,7 +108,7 @@ def test_import_dispatch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["import", "broken", "src", "--out", str(tmp_path / "b")]) == 1
     assert "image of case 'mr_0' not found" in capsys.readouterr().out
     assert main(["import", "fail", "src", "--out", str(tmp_path / "f")]) == 2
-    assert "error: import fail failed: src: no such folder" in capsys.readouterr().err
+    assert "ummkd data import fail: error: failed: src: no such folder" in capsys.readouterr().err
     assert main(["import", "nope"]) == 2
     assert "invalid choice: 'nope'" in capsys.readouterr().err
     assert main(["import", "--help"]) == 0

@@ -70,9 +70,12 @@ def _print_line(console: Console, text: str) -> None:
     console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
-def _error(message: str, code: int = 2) -> int:
-    """Print one error line; return the exit code (2: bad input, 1: a failure of ours)."""
-    _print_line(_console(stderr=True), f"ummkd data: error: {message}")
+def _error(command: str, message: str, code: int = 2) -> int:
+    """Print ``ummkd data <command>: error: <message>``; return the exit code.
+
+    Exit codes: 2 for bad input, 1 for a failure of ours.
+    """
+    _print_line(_console(stderr=True), f"ummkd data {command}: error: {message}")
     return code
 
 
@@ -101,7 +104,7 @@ def _check(args: argparse.Namespace) -> int:
     try:
         spec = load_dataset(args.root, modality=args.modality, fmt=args.format)
     except DatasetSpecError as err:
-        return _error(str(err))
+        return _error("check", str(err))
     deep = not args.shallow
     problems = validate_dataset(spec, deep=deep, expected_dim=args.dim)
     warnings = dataset_warnings(spec, deep=deep) + (ct_unit_warnings(spec) if deep else [])
@@ -140,7 +143,7 @@ def _synth(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
         )
     except (FileExistsError, ValueError) as err:
-        return _error(str(err))
+        return _error("synth", str(err))
     _print_line(
         _console(),
         f"wrote {args.n_ct} CT + {args.n_mr} MR synthetic cases (not real data) to {root} in "
@@ -161,11 +164,13 @@ def _import(args: argparse.Namespace) -> int:
     try:
         root = args.importer.run(args)
     except _import_errors() as err:
-        return _error(f"import {args.kind} failed: {err}")
+        return _error(f"import {args.kind}", f"failed: {err}")
     try:
         spec = load_dataset(root)
     except DatasetSpecError as err:
-        return _error(f"the importer wrote an invalid dataset description: {err}", code=1)
+        return _error(
+            f"import {args.kind}", f"the importer wrote an invalid dataset description: {err}", 1
+        )
     return _report(spec, validate_dataset(spec), warnings=dataset_warnings(spec))
 
 
@@ -287,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             importers = _load_importers()
         except ImportError as err:
-            return _error(f"no dataset importers are available ({err})", code=1)
+            return _error("import", f"no dataset importers are available ({err})", code=1)
     parser = build_parser(importers)
     try:
         args = parser.parse_args(args_list)
