@@ -369,8 +369,8 @@ def test_restore_records_rejects_other_scales_and_non_results(tmp_path: Path) ->
     [
         (["--restore", "r.json", "--rerun"], "--restore reuses finished runs and --rerun trains"),
         (["--train-limit", "mr=4"], "--train-limit needs --folds"),
-        (["--baseline", "joint"], "--baseline needs --folds"),
-        (["--folds", "5", "--variants", "ummkd", "--baseline", "joint"], "not among --variants"),
+        (["--baselines", "joint"], "--baselines needs --folds"),
+        (["--folds", "5", "--variants", "ummkd", "--baselines", "joint"], "not among --variants"),
     ],
 )
 def test_options_that_cannot_work_together_are_usage_errors(
@@ -475,15 +475,17 @@ def test_cross_validation_report_pools_folds_and_compares_per_case(
     assert main([*alone_argv, "--name", "alone"]) == 0
     alone = (tmp_path / "out" / "alone.md").read_text()
     assert "Paired differences" not in alone and "`ummkd`" in alone
-    # --baseline: every variant minus the baseline as well (the label-scarce question)
-    assert main([*argv, "--baseline", "joint", "--name", "gains"]) == 0
+    # --baselines: every variant minus each baseline as well (e.g. the label-scarce question)
+    assert main([*argv, "--baselines", "joint", "ummkd", "--name", "gains"]) == 0
     gains = json.loads((tmp_path / "out" / "gains.json").read_text())["gains"]
-    assert gains["baseline"] == "joint" and list(gains["differences"]) == ["ummkd"]
-    mr = gains["differences"]["ummkd"]["mr"]["dice"]
+    assert [g["baseline"] for g in gains] == ["joint", "ummkd"]
+    assert list(gains[0]["differences"]) == ["ummkd"] and list(gains[1]["differences"]) == ["joint"]
+    mr = gains[0]["differences"]["ummkd"]["mr"]["dice"]
     assert mr["n"] == 2 and mr["mean_difference"] == pytest.approx(0.05)
     text = (tmp_path / "out" / "gains.md").read_text()
     assert "## Gain over `joint`" in text and "| minus `joint` |" in text
     assert "| `ummkd` | MR | 2 | +0.050 [" in text.split("## Gain over")[1]
+    assert "| `joint` | MR | 2 | -0.050 [" in text.split("## Gain over `ummkd`")[1]
 
     # runs of another commit are refused unless asked for, and then listed
     other = record_path_of(runs, "cpu", "joint", 0, Fold("splits_cv2.json", 1))

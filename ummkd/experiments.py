@@ -28,6 +28,8 @@ Examples::
 
     ummkd reproduce --scale cpu --seeds 0
     ummkd reproduce --scale cpu --folds 5 --variants ummkd separate_norm joint single_mr single_ct
+    ummkd reproduce --scale cpu --folds 5 --train-limit mr=4 --baselines single_mr \
+        --variants ummkd separate_norm joint single_mr
     ummkd reproduce --scale full --seeds 0 1 2 --trainer-config configs/trainer/gpu.yaml
 """
 
@@ -679,8 +681,9 @@ def cv_results_markdown(report: Mapping[str, Any]) -> str:
             "",
             *comparison_markdown(report["comparisons"], "`ummkd` minus"),
         ]
-    gains = report.get("gains")
-    if gains and gains["differences"]:
+    for gains in report.get("gains", []):
+        if not gains["differences"]:
+            continue
         baseline = gains["baseline"]
         lines += [
             "",
@@ -836,7 +839,7 @@ def cross_validation_report(
     records: Mapping[str, Sequence[Mapping[str, Any]]],
     classes: Sequence[str],
     method: str,
-    baseline: str | None = None,
+    baselines: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Pool each variant's folds (one seed at a time) and compare ``method`` with the rest.
 
@@ -844,12 +847,12 @@ def cross_validation_report(
         records: Variant -> its run records.
         classes: Class names of the summaries.
         method: The variant compared with every other one (``method`` minus each).
-        baseline: Optionally also every variant minus this one (``"gains"``).
+        baselines: Variants every other one is also compared with (each minus the baseline).
 
     Returns:
         ``{"variants": {variant: {"folds", "seeds", "modalities": pooled statistics}},
         "comparisons": paired differences, "cases": {variant: {modality: case ids}}}``, plus
-        ``"gains": {"baseline", "differences"}`` with ``baseline``; with several seeds, a case's
+        ``"gains": [{"baseline", "differences"}]`` with ``baselines``; with several seeds, a case's
         value is its mean over the seeds.
     """
     pooled: dict[str, dict[str, dict[str, Any]]] = {}
@@ -874,8 +877,11 @@ def cross_validation_report(
         "comparisons": paired_comparisons(pooled, method),
         "cases": {v: {m: sorted(c) for m, c in p.items()} for v, p in pooled.items()},
     }
-    if baseline is not None:
-        report["gains"] = {"baseline": baseline, "differences": gains_over(pooled, baseline)}
+    if baselines:
+        report["gains"] = [
+            {"baseline": baseline, "differences": gains_over(pooled, baseline)}
+            for baseline in baselines
+        ]
     return report
 
 
@@ -908,10 +914,11 @@ def option_conflict(args: argparse.Namespace) -> str | None:
         return "--restore reuses finished runs and --rerun trains them again: give only one"
     if args.train_limit and not args.folds:
         return "--train-limit needs --folds (it cuts each fold's training cases)"
-    if args.baseline and not args.folds:
-        return "--baseline needs --folds (it adds paired differences per case)"
-    if args.baseline and args.baseline not in args.variants:
-        return f"--baseline {args.baseline}: not among --variants; add it there to compare with it"
+    if args.baselines and not args.folds:
+        return "--baselines needs --folds (it adds paired differences per case)"
+    for baseline in args.baselines:
+        if baseline not in args.variants:
+            return f"--baselines {baseline}: not among --variants; add it there to compare with it"
     return None
 
 
@@ -1011,7 +1018,7 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
             if splits_path.is_file()
             else None,
         }
-        report.update(cross_validation_report(records, report["classes"], "ummkd", args.baseline))
+        report.update(cross_validation_report(records, report["classes"], "ummkd", args.baselines))
         stem = args.name or "abdominal_cv_" + args.scale + (
             "".join(f"_{m}{k}" for m, k in sorted(train_limit.items()))
         )
@@ -1089,10 +1096,13 @@ def build_parser() -> argparse.ArgumentParser:
         "seeded subset), e.g. mr=4 for the label-scarce setting",
     )
     parser.add_argument(
-        "--baseline",
+        "--baselines",
+        nargs="+",
         choices=VARIANTS,
-        help="with --folds: also report every variant minus this one, per case, e.g. single_mr "
-        "for the label-scarce question (ummkd minus each variant is always reported)",
+        default=[],
+        metavar="VARIANT",
+        help="with --folds: also report every variant minus each of these, per case, e.g. "
+        "single_ct single_mr (ummkd minus each variant is always reported)",
     )
     parser.add_argument(
         "--parallel",
