@@ -10,4 +10,5 @@ timeout 470 .venv/bin/ummkd reproduce --scale gpu-short --folds 5 --seeds 0 \
     --variants ummkd separate_norm joint single_ct single_mr --parallel "${parallel}" \
     --runs runs/reproduce_gpu_short || echo "[gpu_short] stopped at the time limit; --report-only lists what finished"
 .venv/bin/ummkd reproduce --scale gpu-short --folds 5 --seeds 0 \
-    --variants ummkd separate_norm joint single_ct single_mr --runs runs/reproduce_gpu_short --report-only
+    --variants ummkd separate_norm joint single_ct single_mr --runs runs/reproduce_gpu_short --report-only \
+    --baselines single_ct single_mr
