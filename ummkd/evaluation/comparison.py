@@ -84,6 +84,25 @@ def _paired_metrics(
     return result
 
 
+def _against_every_other(
+    pooled: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    name: str,
+    metrics: Sequence[str],
+    *,
+    minuend: bool,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """``name`` minus (``minuend``) or subtracted from every other method sharing a modality."""
+    if name not in pooled:
+        return {}
+    result = {}
+    for other, cases in pooled.items():
+        pair = (pooled[name], cases) if minuend else (cases, pooled[name])
+        differences = _paired_metrics(*pair, metrics) if other != name else {}
+        if differences:
+            result[other] = differences
+    return result
+
+
 def paired_comparisons(
     pooled: Mapping[str, Mapping[str, Mapping[str, Any]]],
     method: str,
@@ -101,14 +120,7 @@ def paired_comparisons(
         ``{baseline: {modality: {metric: paired_difference(...)}}}`` for the baselines that
         share a modality with ``method``.
     """
-    if method not in pooled:
-        return {}
-    comparisons = {
-        baseline: _paired_metrics(pooled[method], cases, metrics)
-        for baseline, cases in pooled.items()
-        if baseline != method
-    }
-    return {baseline: result for baseline, result in comparisons.items() if result}
+    return _against_every_other(pooled, method, metrics, minuend=True)
 
 
 def gains_over(
@@ -128,14 +140,7 @@ def gains_over(
         ``{method: {modality: {metric: paired_difference(...)}}}`` for the methods that share
         a modality with ``baseline``.
     """
-    if baseline not in pooled:
-        return {}
-    gains = {
-        method: _paired_metrics(cases, pooled[baseline], metrics)
-        for method, cases in pooled.items()
-        if method != baseline
-    }
-    return {method: result for method, result in gains.items() if result}
+    return _against_every_other(pooled, baseline, metrics, minuend=False)
 
 
 def _number(value: float | None, digits: int) -> str:
