@@ -1,4 +1,5 @@
-"""Every ``ummkd ...`` command shown in README.md, docs/*.md and config comments parses.
+"""Every ``ummkd ...`` command in README.md, docs/*.md, config comments and benchmark scripts
+parses (and, for ``reproduce``, is a combination of options that can work).
 
 Commands are only parsed, never run: LightningCLI commands with ``--print_config`` (which
 exits after parsing, before anything is instantiated), the plain commands with their
@@ -75,6 +76,20 @@ def _comment_commands(path: Path) -> list[str]:
     return commands
 
 
+def _script_commands(path: Path) -> list[str]:
+    """The ``ummkd`` commands of a shell script (``.venv/bin/ummkd``, ``timeout N ummkd`` ...),
+    with the script's arguments at their defaults (``x="${1:-8}"``)."""
+    text = path.read_text()
+    for name, default in re.findall(r'^(\w+)="\$\{\d+:-([^}]*)\}"', text, flags=re.MULTILINE):
+        text = text.replace(f'"${{{name}}}"', default)
+    commands = []
+    for line in _join_continuations(text.splitlines()):
+        match = re.search(r"(?:^|[\s/])(ummkd (?:" + "|".join(COMMANDS) + r")\b.*)", line)
+        if match and not line.startswith("#"):
+            commands.append(re.split(r"\s(?:\|\||&&|;)\s", match.group(1))[0])
+    return commands
+
+
 def _documented_commands() -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
@@ -82,6 +97,8 @@ def _documented_commands() -> list[tuple[str, str]]:
     configs = REPO / "configs"
     for path in sorted([*configs.rglob("*.yaml"), *configs.rglob("*.sbatch")]):
         found += [(str(path.relative_to(REPO)), c) for c in _comment_commands(path)]
+    for path in sorted((REPO / "benchmarks").glob("*.sh")):
+        found += [(str(path.relative_to(REPO)), c) for c in _script_commands(path)]
     return found
 
 
@@ -91,6 +108,7 @@ DOCUMENTED = _documented_commands()
 def test_commands_are_found() -> None:
     sources = {source for source, _ in DOCUMENTED}
     assert "README.md" in sources and "configs/abdominal_2d/ummkd.yaml" in sources
+    assert "benchmarks/gpu_short.sh" in sources
     named = {shlex.split(c, comments=True)[1] for _, c in DOCUMENTED}
     assert {"fit", "test", "predict", "data", "evaluate", "reproduce", "export"} <= named
 
@@ -116,10 +134,12 @@ def test_documented_command_parses(
         parser = module.build_parser(module._load_importers()) if name == "data" else None
         parser = parser or module.build_parser()
         try:
-            parser.parse_args(args)
+            parsed = parser.parse_args(args)
         except SystemExit as exit_:
             pytest.fail(f"{source}: {command!r} does not parse:\n{capsys.readouterr().err}")
             raise AssertionError from exit_
+        if name == "reproduce":
+            assert module.option_conflict(parsed) is None, f"{source}: {command!r}"
         return
     with pytest.raises(SystemExit) as exit_:
         main([name, *args, "--print_config"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import shutil
 from pathlib import Path
@@ -529,29 +528,3 @@ def test_write_jobs_gives_one_command_per_run_and_trains_nothing(
     assert first[-2:] == ["--extra", "--trainer.max_steps=2"]
     assert (data / "splits_cv3.json").is_file()
     assert not (tmp_path / "runs").exists()
-
-
-def _shipped_reproduce_commands() -> list[tuple[str, str]]:
-    """Every `ummkd reproduce` command of the README, docs (code blocks and inline code) and
-    benchmark scripts: ``(file, arguments after "reproduce")``."""
-    commands = []
-    for path in [REPO / "README.md", *REPO.glob("docs/*.md"), *REPO.glob("benchmarks/*.sh")]:
-        text = path.read_text()
-        if path.suffix == ".md":
-            inline = re.findall(r"`ummkd reproduce([^`]*)`", " ".join(text.split()))
-            blocks = re.findall(r"```(?:bash|sh|shell)\n(.*?)```", text, flags=re.DOTALL)
-            text = "\n".join(blocks)
-            commands += [(path.name, command) for command in inline]
-        for line in text.replace("\\\n", " ").splitlines():
-            found = re.search(r"ummkd reproduce(.*)", re.split(r"(?:^|\s)#", line)[0])
-            if found:
-                commands.append((path.name, re.split(r"\|\||&&|;|\|", found.group(1))[0]))
-    return commands
-
-
-@pytest.mark.parametrize(("where", "command"), _shipped_reproduce_commands())
-def test_shipped_reproduce_commands_parse(where: str, command: str) -> None:
-    from ummkd.experiments import build_parser, option_conflict
-
-    args = build_parser().parse_args(shlex.split(command.replace("${parallel}", "8")))
-    assert option_conflict(args) is None, where
