@@ -528,3 +528,21 @@ def test_write_jobs_gives_one_command_per_run_and_trains_nothing(
     assert first[-2:] == ["--extra", "--trainer.max_steps=2"]
     assert (data / "splits_cv3.json").is_file()
     assert not (tmp_path / "runs").exists()
+
+
+def test_results_png_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ummkd.experiments as experiments
+
+    drawn: dict[str, Any] = {}
+    monkeypatch.setattr(experiments, "grouped_bars_png", lambda *a, **kw: drawn.update(kw) or b"")
+    dice = {"dice": {"mean": 0.8, "std": 0.1}}
+    report: dict[str, Any] = {
+        "scale": "cpu",
+        "modalities": ["mr"],
+        "variants": {"single_mr": {"modalities": {"mr": dice}}},
+    }
+    experiments.results_png(report)
+    assert drawn["title"] == "Abdominal 2D proxy, scale cpu"
+    assert "sample std" in drawn["ylabel"]
+    experiments.results_png({**report, "splits": {"n_folds": 5, "train_limit": {"mr": 4}}})
+    assert drawn["title"].endswith("5-fold cross-validation, training cases cut to MR 4")

@@ -727,11 +727,17 @@ def results_png(report: Mapping[str, Any]) -> bytes:
         means = [r["dice"]["mean"] if r else None for r in results]
         stds = [r["dice"]["std"] if r else None for r in results]
         series[m.upper()] = (means, stds)
+    title = f"Abdominal 2D proxy, scale {report['scale']}"
+    splits = report.get("splits")
+    if splits:
+        title += f", {splits['n_folds']}-fold cross-validation"
+        limit = ", ".join(f"{m.upper()} {k}" for m, k in sorted(splits["train_limit"].items()))
+        title += f", training cases cut to {limit}" if limit else ""
     return grouped_bars_png(
         variants,
         series,
-        ylabel="mean test Dice (all organs)",
-        title=f"Abdominal 2D, scale {report['scale']}",
+        ylabel="mean test Dice (all organs), ± sample std",
+        title=title,
         legend="modality",
     )
 
