@@ -21,7 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 _FENCE = re.compile(r"^```(\w*)\s*$")
 _ENV_PREFIX = re.compile(r"^(?:\w+=\S*\s+)+(?=ummkd )")  # CUDA_VISIBLE_DEVICES=2,3 ummkd ...
 _PLACEHOLDER = re.compile(r"<[^<>]*>")  # <run>, <MM-WHS 2017 folder>: any one word will do
-_IN_COMMENT = re.compile(r"(`?)(ummkd (?:" + "|".join(map(re.escape, COMMANDS)) + r")\b.*)")
+_COMMAND = r"ummkd (?:" + "|".join(map(re.escape, COMMANDS)) + r")\b.*"
+_IN_COMMENT = re.compile(r"(`?)(" + _COMMAND + ")")
+_IN_SCRIPT = re.compile(r"(?:^|[\s/])(" + _COMMAND + ")")
 
 
 def _join_continuations(lines: list[str]) -> list[str]:
@@ -81,12 +83,12 @@ def _script_commands(path: Path) -> list[str]:
     with the script's arguments at their defaults (``x="${1:-8}"``)."""
     text = path.read_text()
     for name, default in re.findall(r'^(\w+)="\$\{\d+:-([^}]*)\}"', text, flags=re.MULTILINE):
-        text = text.replace(f'"${{{name}}}"', default)
+        text = text.replace(f'"${{{name}}}"', shlex.quote(default))
     commands = []
     for line in _join_continuations(text.splitlines()):
-        match = re.search(r"(?:^|[\s/])(ummkd (?:" + "|".join(COMMANDS) + r")\b.*)", line)
+        match = _IN_SCRIPT.search(line)
         if match and not line.startswith("#"):
-            commands.append(re.split(r"\s(?:\|\||&&|;)\s", match.group(1))[0])
+            commands.append(re.split(r"\s*(?:\|\||&&|;)\s", match.group(1))[0])
     return commands
 
 

@@ -369,6 +369,7 @@ def test_restore_records_rejects_other_scales_and_non_results(tmp_path: Path) ->
     [
         (["--restore", "r.json", "--rerun"], "--restore reuses finished runs and --rerun trains"),
         (["--train-limit", "mr=4"], "--train-limit needs --folds"),
+        (["--only-folds", "1"], "--only-folds needs --folds"),
         (["--baselines", "joint"], "--baselines needs --folds"),
         (["--folds", "5", "--variants", "ummkd", "--baselines", "joint"], "not among --variants"),
     ],
@@ -486,6 +487,11 @@ def test_cross_validation_report_pools_folds_and_compares_per_case(
     assert "## Gain over `joint`" in text and "| minus `joint` |" in text
     assert "| `ummkd` | MR | 2 | +0.050 [" in text.split("## Gain over")[1]
     assert "| `joint` | MR | 2 | -0.050 [" in text.split("## Gain over `ummkd`")[1]
+    # a baseline with no finished runs: said so, not left out
+    assert main([*alone_argv, "--baselines", "ummkd", "ummkd", "--name", "none"]) == 0
+    text = (tmp_path / "out" / "none.md").read_text()
+    assert text.count("## Gain over `ummkd`") == 1
+    assert "No other variant shares a scored test case with `ummkd`." in text
 
     # runs of another commit are refused unless asked for, and then listed
     other = record_path_of(runs, "cpu", "joint", 0, Fold("splits_cv2.json", 1))

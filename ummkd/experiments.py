@@ -670,27 +670,28 @@ def cv_results_markdown(report: Mapping[str, Any]) -> str:
             ]
         rows.append(row)
     lines += ["", *markdown_table(header, rows)]
+    statistics = (
+        "over the test cases both scored; 95 % BCa bootstrap confidence interval over cases; "
+        "two-sided Wilcoxon signed-rank p-value. A difference is stated only where the interval "
+        "excludes 0."
+    )
     if report["comparisons"]:
         lines += [
             "",
             "## Paired differences",
             "",
-            "Per case, `ummkd` minus the baseline, over the test cases both scored; 95 % BCa "
-            "bootstrap confidence interval over cases; two-sided Wilcoxon signed-rank p-value. A "
-            "difference is stated only where the interval excludes 0.",
+            f"Per case, `ummkd` minus the baseline, {statistics}",
             "",
             *comparison_markdown(report["comparisons"], "`ummkd` minus"),
         ]
     for gains in report.get("gains", []):
-        if not gains["differences"]:
-            continue
         baseline = gains["baseline"]
+        lines += ["", f"## Gain over `{baseline}`", ""]
+        if not gains["differences"]:
+            lines.append(f"No other variant shares a scored test case with `{baseline}`.")
+            continue
         lines += [
-            "",
-            f"## Gain over `{baseline}`",
-            "",
-            f"Per case, each variant minus `{baseline}`, on the modalities `{baseline}` was "
-            "tested on; same statistics as above.",
+            f"Per case, each variant minus `{baseline}`, {statistics}",
             "",
             *comparison_markdown(gains["differences"], f"minus `{baseline}`"),
         ]
@@ -886,7 +887,7 @@ def cross_validation_report(
     if baselines:
         report["gains"] = [
             {"baseline": baseline, "differences": gains_over(pooled, baseline)}
-            for baseline in baselines
+            for baseline in dict.fromkeys(baselines)
         ]
     return report
 
@@ -918,6 +919,8 @@ def option_conflict(args: argparse.Namespace) -> str | None:
     """The first combination of ``ummkd reproduce`` options that cannot work, if any."""
     if args.restore and args.rerun:
         return "--restore reuses finished runs and --rerun trains them again: give only one"
+    if args.only_folds and not args.folds:
+        return "--only-folds needs --folds (it picks folds of the cross-validation)"
     if args.train_limit and not args.folds:
         return "--train-limit needs --folds (it cuts each fold's training cases)"
     if args.baselines and not args.folds:

@@ -94,5 +94,14 @@ def test_pooled_folds_and_paired_comparison() -> None:
     assert list(gains) == ["ummkd"]
     assert gains["ummkd"]["ct"]["dice"]["mean_difference"] == pytest.approx(0.075)
     assert gains_over(pooled, "single_mr") == {}
+    # no shared case, or a metric that is NaN on every shared case: left out, no error
+    pooled["other"] = pool_cases([_summary({"z": 0.5})])
+    assert "other" not in gains_over(pooled, "joint")
+    no_distance = {"dice": 0.5, "assd": None, "hd95": None}
+    pooled["other"] = {"ct": {"a": {"id": "a", "mean": no_distance, "metrics": {}}}}
+    partial = gains_over(pooled, "joint")["other"]["ct"]
+    assert list(partial) == ["dice"]
+    row = comparison_markdown({"other": {"ct": partial}}, "x")[2]
+    assert row.startswith("| `other` | CT | 1 | -0.300 [") and "nan" not in row
     with pytest.raises(ValueError, match="tested twice"):
         pool_cases([_summary({"a": 0.9}), _summary({"a": 0.8})])

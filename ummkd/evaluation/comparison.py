@@ -69,18 +69,25 @@ def _paired_metrics(
     subtrahend: Mapping[str, Mapping[str, Any]],
     metrics: Sequence[str],
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """``minuend - subtrahend`` per shared modality and metric (pooled cases of two methods)."""
+    """``minuend - subtrahend`` per shared modality and metric (pooled cases of two methods).
+
+    A metric with no case scored (finite) by both is left out, a modality with none at all too.
+    """
     result: dict[str, dict[str, dict[str, Any]]] = {}
     for modality, cases in minuend.items():
         if modality not in subtrahend:
             continue
-        result[modality] = {
-            metric: paired_difference(
-                {cid: _value(c, metric) for cid, c in cases.items()},
-                {cid: _value(c, metric) for cid, c in subtrahend[modality].items()},
-            )
-            for metric in metrics
-        }
+        per_metric = {}
+        for metric in metrics:
+            try:
+                per_metric[metric] = paired_difference(
+                    {cid: _value(c, metric) for cid, c in cases.items()},
+                    {cid: _value(c, metric) for cid, c in subtrahend[modality].items()},
+                )
+            except ValueError:  # no case scored by both
+                continue
+        if per_metric:
+            result[modality] = per_metric
     return result
 
 
@@ -171,18 +178,22 @@ def comparison_markdown(
         for modality, per_metric in per_modality.items():
             cells = []
             for metric, digits in (("dice", 3), ("assd", 2), ("hd95", 1)):
-                c = per_metric[metric]
-                text = f"{_number(c['mean_difference'], digits)} "
-                text += f"[{_number(c['ci_low'], digits)}, {_number(c['ci_high'], digits)}]"
+                c = per_metric.get(metric)
+                text = MISSING
+                if c is not None:
+                    text = f"{_number(c['mean_difference'], digits)} "
+                    text += f"[{_number(c['ci_low'], digits)}, {_number(c['ci_high'], digits)}]"
                 cells.append(text)
-            dice = per_metric["dice"]
-            p = dice["wilcoxon_p"]
-            verdict = (
-                ("yes, higher" if dice["mean_difference"] > 0 else "yes, lower")
-                if ci_excludes_zero(dice)
-                else "no (CI includes 0)"
-            )
-            p_text = MISSING if p is None else f"{p:.3g}"
-            row = [f"`{other}`", modality.upper(), str(dice["n"]), cells[0], p_text]
-            rows.append([*row, cells[1], cells[2], verdict])
+            dice = per_metric.get("dice")
+            n = p_text = verdict = MISSING
+            if dice is not None:
+                n = str(dice["n"])
+                p_text = MISSING if dice["wilcoxon_p"] is None else f"{dice['wilcoxon_p']:.3g}"
+                verdict = (
+                    ("yes, higher" if dice["mean_difference"] > 0 else "yes, lower")
+                    if ci_excludes_zero(dice)
+                    else "no (CI includes 0)"
+                )
+            row = [f"`{other}`", modality.upper(), n, cells[0], p_text, cells[1], cells[2]]
+            rows.append([*row, verdict])
     return markdown_table(header, rows)
