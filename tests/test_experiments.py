@@ -551,4 +551,4 @@ def test_results_png_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert drawn["title"] == "Abdominal 2D proxy, scale cpu"
     assert "sample std" in drawn["ylabel"]
     experiments.results_png({**report, "splits": {"n_folds": 5, "train_limit": {"mr": 4}}})
-    assert drawn["title"].endswith("5-fold cross-validation, training cases cut to MR 4")
+    assert drawn["title"].endswith("5-fold cross-validation, training cases cut to MR 4 per fold")

@@ -55,6 +55,7 @@ from ummkd.data.dataset_spec import DatasetSpecError, load_dataset
 from ummkd.data.io import atomic_write_bytes, write_json, write_text_atomic
 from ummkd.errors import CommandParser, RunError
 from ummkd.evaluation.comparison import (
+    MIN_CASES_FOR_A_VERDICT,
     comparison_markdown,
     gains_over,
     paired_comparisons,
@@ -623,6 +624,13 @@ def _machines_line(report: Mapping[str, Any]) -> str:
     return f"- Runs trained on: {'; '.join(machines)}; report written on {report['machine']}"
 
 
+def _train_limit_text(train_limit: Mapping[str, int]) -> str:
+    """``{"mr": 4}`` -> ``"MR 4 per fold"``; empty for no limit."""
+    if not train_limit:
+        return ""
+    return ", ".join(f"{m.upper()} {k}" for m, k in sorted(train_limit.items())) + " per fold"
+
+
 def cv_results_markdown(report: Mapping[str, Any]) -> str:
     """Render a cross-validation report: pooled per-case results and paired differences."""
     variants = report["variants"]
@@ -630,7 +638,7 @@ def cv_results_markdown(report: Mapping[str, Any]) -> str:
     classes = report["classes"]
     splits = report["splits"]
     commits = report["run_commits"]
-    limit = splits["train_limit"]
+    limit = _train_limit_text(splits["train_limit"])
     lines = [
         f"# Abdominal 2D proxy, {splits['n_folds']}-fold cross-validation, scale "
         f"`{report['scale']}`" + (f", training cases cut to {limit}" if limit else ""),
@@ -673,7 +681,7 @@ def cv_results_markdown(report: Mapping[str, Any]) -> str:
     statistics = (
         "over the test cases both scored; 95 % BCa bootstrap confidence interval over cases; "
         "two-sided Wilcoxon signed-rank p-value. A difference is stated only where the interval "
-        "excludes 0."
+        f"excludes 0, over at least {MIN_CASES_FOR_A_VERDICT} cases."
     )
     if report["comparisons"]:
         lines += [
@@ -732,7 +740,7 @@ def results_png(report: Mapping[str, Any]) -> bytes:
     splits = report.get("splits")
     if splits:
         title += f", {splits['n_folds']}-fold cross-validation"
-        limit = ", ".join(f"{m.upper()} {k}" for m, k in sorted(splits["train_limit"].items()))
+        limit = _train_limit_text(splits["train_limit"])
         title += f", training cases cut to {limit}" if limit else ""
     return grouped_bars_png(
         variants,

@@ -90,6 +90,16 @@ def test_pooled_folds_and_paired_comparison() -> None:
     lines = comparison_markdown(comparisons, "`ummkd` minus")
     assert lines[0].startswith("| `ummkd` minus |")
     assert lines[2].startswith("| `joint` | CT | 4 | +0.075 [")
+    assert lines[2].endswith("| not judged (n < 10) |")  # too few cases for a verdict
+    many = {f"c{i}": 0.5 + 0.01 * i for i in range(12)}
+    pooled_many = {
+        "ummkd": pool_cases(
+            [_summary({k: v + 0.04 + 0.01 * (i % 3) for i, (k, v) in enumerate(many.items())})]
+        ),
+        "joint": pool_cases([_summary(many)]),
+    }
+    row = comparison_markdown(paired_comparisons(pooled_many, "ummkd"), "m")[2]
+    assert row.startswith("| `joint` | CT | 12 | +0.050 [") and row.endswith("| yes, higher |")
     gains = gains_over(pooled, "joint")
     assert list(gains) == ["ummkd"]
     assert gains["ummkd"]["ct"]["dice"]["mean_difference"] == pytest.approx(0.075)

@@ -14,6 +14,9 @@ from ummkd.evaluation.report import MISSING, markdown_table
 from ummkd.evaluation.statistics import ci_excludes_zero, paired_difference, sample_mean_std
 
 METRICS = ("dice", "assd", "hd95")
+MIN_CASES_FOR_A_VERDICT = 10
+"""Fewer paired cases than this get no yes/no verdict: a BCa interval over so few cases is
+unreliable, and below 6 cases the Wilcoxon test cannot reach p < 0.05 at all."""
 
 
 def pool_cases(summaries: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -190,7 +193,9 @@ def comparison_markdown(
                 n = str(dice["n"])
                 p_text = MISSING if dice["wilcoxon_p"] is None else f"{dice['wilcoxon_p']:.3g}"
                 verdict = (
-                    ("yes, higher" if dice["mean_difference"] > 0 else "yes, lower")
+                    f"not judged (n < {MIN_CASES_FOR_A_VERDICT})"
+                    if dice["n"] < MIN_CASES_FOR_A_VERDICT
+                    else ("yes, higher" if dice["mean_difference"] > 0 else "yes, lower")
                     if ci_excludes_zero(dice)
                     else "no (CI includes 0)"
                 )
