@@ -254,6 +254,16 @@ def record_path_of(
     return runs_root / scale / stem / variant / f"fold{fold.index}" / f"seed{seed}" / RECORD
 
 
+def _train_limit_suffix(train_limit: Mapping[str, int]) -> str:
+    """``{"mr": 4}`` -> ``"_mr4"`` (file names of the folds and the results)."""
+    return "".join(f"_{m}{k}" for m, k in sorted(train_limit.items()))
+
+
+def cv_splits_name(n_folds: int, train_limit: Mapping[str, int]) -> str:
+    """The folds file's name in the dataset: ``splits_cv<N>[_<modality><K>...].json``."""
+    return f"splits_cv{n_folds}{_train_limit_suffix(train_limit)}.json"
+
+
 def write_cv_splits(
     data_root: Path, n_folds: int, train_limit: Mapping[str, int], seed: int = 0
 ) -> str:
@@ -271,8 +281,8 @@ def write_cv_splits(
         splits = cross_validation_splits(spec, n_folds, seed=seed, train_limit=train_limit)
     except DatasetSpecError as error:
         raise ReproduceError(str(error)) from error
-    name = f"splits_cv{n_folds}" + "".join(f"_{m}{k}" for m, k in sorted(train_limit.items()))
-    path = data_root / f"{name}.json"
+    name = cv_splits_name(n_folds, train_limit)
+    path = data_root / name
     content = {
         **splits.to_json_dict(),
         "description": describe_splits(n_folds, seed, train_limit),
@@ -949,11 +959,9 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
     folds: list[Fold | None] = [None]
     if args.folds:
         name = (
-            write_cv_splits(data_root, args.folds, train_limit)
-            if not args.report_only
-            else f"splits_cv{args.folds}"
-            + "".join(f"_{m}{k}" for m, k in sorted(train_limit.items()))
-            + ".json"
+            cv_splits_name(args.folds, train_limit)
+            if args.report_only
+            else write_cv_splits(data_root, args.folds, train_limit)
         )
         folds = [Fold(name, k) for k in (args.only_folds or range(args.folds))]
     extra = list(args.extra)
@@ -1036,9 +1044,7 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
             else None,
         }
         report.update(cross_validation_report(records, report["classes"], "ummkd", args.baselines))
-        stem = args.name or "abdominal_cv_" + args.scale + (
-            "".join(f"_{m}{k}" for m, k in sorted(train_limit.items()))
-        )
+        stem = args.name or f"abdominal_cv_{args.scale}{_train_limit_suffix(train_limit)}"
     else:
         report["n_test"] = sum(max(t[m]["n_cases"] for t in tested if m in t) for m in modalities)
         report["variants"] = aggregate(records)

@@ -106,8 +106,10 @@ def _against_every_other(
         return {}
     result = {}
     for other, cases in pooled.items():
+        if other == name:
+            continue
         pair = (pooled[name], cases) if minuend else (cases, pooled[name])
-        differences = _paired_metrics(*pair, metrics) if other != name else {}
+        differences = _paired_metrics(*pair, metrics)
         if differences:
             result[other] = differences
     return result
@@ -157,6 +159,15 @@ def _number(value: float | None, digits: int) -> str:
     return MISSING if value is None else f"{value:+.{digits}f}"
 
 
+def _verdict(dice: Mapping[str, Any]) -> str:
+    """Whether a paired Dice difference is stated, and which way."""
+    if dice["n"] < MIN_CASES_FOR_A_VERDICT:
+        return f"not judged (n < {MIN_CASES_FOR_A_VERDICT})"
+    if not ci_excludes_zero(dice):
+        return "no (CI includes 0)"
+    return "yes, higher" if dice["mean_difference"] > 0 else "yes, lower"
+
+
 def comparison_markdown(
     comparisons: Mapping[str, Mapping[str, Mapping[str, Any]]], first_column: str
 ) -> list[str]:
@@ -192,13 +203,7 @@ def comparison_markdown(
             if dice is not None:
                 n = str(dice["n"])
                 p_text = MISSING if dice["wilcoxon_p"] is None else f"{dice['wilcoxon_p']:.3g}"
-                verdict = (
-                    f"not judged (n < {MIN_CASES_FOR_A_VERDICT})"
-                    if dice["n"] < MIN_CASES_FOR_A_VERDICT
-                    else ("yes, higher" if dice["mean_difference"] > 0 else "yes, lower")
-                    if ci_excludes_zero(dice)
-                    else "no (CI includes 0)"
-                )
+                verdict = _verdict(dice)
             row = [f"`{other}`", modality.upper(), n, cells[0], p_text, cells[1], cells[2]]
             rows.append([*row, verdict])
     return markdown_table(header, rows)
