@@ -372,6 +372,7 @@ def test_restore_records_rejects_other_scales_and_non_results(tmp_path: Path) ->
         (["--only-folds", "1"], "--only-folds needs --folds"),
         (["--baselines", "joint"], "--baselines needs --folds"),
         (["--folds", "5", "--variants", "ummkd", "--baselines", "joint"], "not among --variants"),
+        (["--folds", "5", "--full-baselines", "single_mr"], "--full-baselines needs --train-limit"),
     ],
 )
 def test_options_that_cannot_work_together_are_usage_errors(
@@ -413,7 +414,9 @@ def test_report_only_writes_the_finished_runs_and_trains_nothing(
     assert "no finished runs" in capsys.readouterr().err
 
 
-def _cv_record(variant: str, fold: int, cases: dict[str, dict[str, float]]) -> dict[str, Any]:
+def _cv_record(
+    variant: str, fold: int, cases: dict[str, dict[str, float]], splits: str = "splits_cv2.json"
+) -> dict[str, Any]:
     """A finished cross-validation run; ``cases``: modality -> case id -> Dice."""
     modalities = {}
     for modality, values in cases.items():
@@ -432,7 +435,7 @@ def _cv_record(variant: str, fold: int, cases: dict[str, dict[str, float]]) -> d
         "variant": variant,
         "seed": 0,
         "fold": fold,
-        "splits": "splits_cv2.json",
+        "splits": splits,
         "commit": "0123456789ab",
         "fit_seconds": 60.0,
         "test_seconds": 5.0,
@@ -515,6 +518,51 @@ def test_cross_validation_report_pools_folds_and_compares_per_case(
     assert "Runs trained on: AMD EPYC (2 cores), torch 2.13; NVIDIA H200, torch 2.13" in text
 
 
+def test_full_baselines_compare_trimmed_runs_with_runs_on_all_training_cases(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ummkd.experiments import Fold, record_path_of
+
+    mr = {0: {"m": 0.70, "n": 0.60}, 1: {"o": 0.80, "p": 0.65}}
+    settings = {  # (variant, folds file) -> Dice added to every MR case
+        ("single_mr", "splits_cv2_mr1.json"): 0.0,
+        ("joint", "splits_cv2_mr1.json"): 0.10,
+        ("single_mr", "splits_cv2.json"): 0.04,
+    }
+    runs = tmp_path / "runs"
+    for (variant, splits), gain in settings.items():
+        for fold, cases in mr.items():
+            shifted = {"mr": {i: v + gain + 0.001 * len(i) * fold for i, v in cases.items()}}
+            path = record_path_of(runs, "cpu", variant, 0, Fold(splits, fold))
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps(_cv_record(variant, fold, shifted, splits)))
+    argv = ["--report-only", "--folds", "2", "--train-limit", "mr=1", "--runs", str(runs)]
+    argv += ["--variants", "joint", "single_mr", "--baselines", "single_mr"]
+    argv += ["--full-baselines", "single_mr"]
+    argv += ["--results", str(tmp_path / "out"), "--data", str(tmp_path / "data")]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "out" / "abdominal_cv_cpu_mr1.json").read_text())
+    full = "single_mr (all training cases)"
+    assert list(report["variants"]) == ["single_mr", "joint", full]
+    assert report["splits"]["untrimmed_file"] == "splits_cv2.json"
+    gains = {g["baseline"]: g["differences"] for g in report["gains"]}
+    assert list(gains) == ["single_mr", full]
+    # what cutting the MR training cases costs, and whether CT makes up for it
+    assert gains["single_mr"][full]["mr"]["dice"]["mean_difference"] == pytest.approx(0.04)
+    assert gains[full]["joint"]["mr"]["dice"]["mean_difference"] == pytest.approx(0.06)
+    assert gains[full]["joint"]["mr"]["dice"]["n"] == 4
+    text = (tmp_path / "out" / "abdominal_cv_cpu_mr1.md").read_text()
+    assert "| `single_mr (all training cases)` | MR only, all of each fold's training" in text
+    assert "## Gain over `single_mr (all training cases)`" in text
+    assert "(`splits_cv2.json`)" in text
+    assert "- `single_mr (all training cases)` fold 1 seed 0: fit" in text
+    assert "- `single_mr` fold 1 seed 0: fit" in text
+
+    record_path_of(runs, "cpu", "single_mr", 0, Fold("splits_cv2.json", 1)).unlink()
+    assert main(argv) == 0
+    assert f"left out of the report: {full} fold 1 seed 0" in capsys.readouterr().out
+
+
 def test_write_jobs_gives_one_command_per_run_and_trains_nothing(
     tmp_path: Path, tiny_dataset: Path
 ) -> None:
@@ -534,6 +582,17 @@ def test_write_jobs_gives_one_command_per_run_and_trains_nothing(
     assert first[-2:] == ["--extra", "--trainer.max_steps=2"]
     assert (data / "splits_cv3.json").is_file()
     assert not (tmp_path / "runs").exists()
+
+    # label-scarce jobs, and the --full-baselines jobs on the untrimmed folds
+    argv = [*argv[:-1], str(tmp_path / "scarce.txt"), "--train-limit", "mr=2"]
+    assert main([*argv, "--full-baselines", "single_mr"]) == 0
+    lines = [shlex.split(line) for line in (tmp_path / "scarce.txt").read_text().splitlines()]
+    assert len(lines) == 3 * 2 * 2 + 3 * 2
+    trimmed = [c for c in lines if "--train-limit" in c]
+    assert len(trimmed) == 12 and all(c[c.index("--train-limit") + 1] == "mr=2" for c in trimmed)
+    untrimmed = [c for c in lines if "--train-limit" not in c]
+    assert {c[c.index("--variants") + 1] for c in untrimmed} == {"single_mr"}
+    assert (data / "splits_cv3_mr2.json").is_file()
 
 
 def test_results_png_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -84,6 +84,8 @@ DESCRIPTIONS = {
     "y_shape": "Y-shape: modality encoders, shared decoder",
     "ummkd": "ummkd: shared kernels, modality norms + KD",
 }
+ALL_CASES = " (all training cases)"
+"""Marks a ``--full-baselines`` run: trained on every training case of its fold."""
 SCALES = ("cpu", "gpu-short", "full")
 BASE_CONFIG = "ummkd.yaml"
 RECORD = "record.json"
@@ -252,6 +254,16 @@ def record_path_of(
         return runs_root / scale / variant / f"seed{seed}" / RECORD
     stem = fold.splits.removesuffix(".json")
     return runs_root / scale / stem / variant / f"fold{fold.index}" / f"seed{seed}" / RECORD
+
+
+def run_label(variant: str, splits: str | None, report_splits: str | None) -> str:
+    """A run's name in a report.
+
+    Returns:
+        ``variant``, or ``variant (all training cases)`` for a run on the untrimmed folds
+        (``splits``) in a report of trimmed ones (``report_splits``).
+    """
+    return variant if splits == report_splits else variant + ALL_CASES
 
 
 def _train_limit_suffix(train_limit: Mapping[str, int]) -> str:
@@ -547,11 +559,18 @@ def _variant_cells(variant: str, entry: Mapping[str, Any], runs: str) -> list[st
     params = entry["parameters"]
     return [
         f"`{variant}`",
-        DESCRIPTIONS.get(variant, ""),
+        _description(variant),
         ", ".join(map(str, entry[runs])),
         f"{params / 1e6:.2f} M" if params else MISSING,
         _minutes(entry["fit_seconds"]),
     ]
+
+
+def _description(name: str) -> str:
+    """What a variant (or a ``--full-baselines`` run) is, for the report's first table."""
+    variant = name.removesuffix(ALL_CASES)
+    text = DESCRIPTIONS.get(variant, "")
+    return text + ", all of each fold's training cases" if variant != name else text
 
 
 def _display(command: str) -> str:
@@ -662,7 +681,13 @@ def cv_results_markdown(report: Mapping[str, Any]) -> str:
         f"report written at `{report['report_written_at']}`",
         _machines_line(report),
         f"- Folds: `{report['data_root']}/{splits['file']}`; seeds: "
-        + ", ".join(map(str, report["seeds"])),
+        + ", ".join(map(str, report["seeds"]))
+        + (
+            f"; runs marked{ALL_CASES}: the same test folds, all training cases kept "
+            f"(`{splits['untrimmed_file']}`)"
+            if splits.get("untrimmed_file")
+            else ""
+        ),
         f"- Scale: {report['scale_note']}",
         f"- Command: `{report['command']}`",
         "- ±: sample standard deviation over test cases.",
@@ -729,7 +754,8 @@ def cv_results_markdown(report: Mapping[str, Any]) -> str:
     lines += ["", "## Runs", ""]
     for record in report["runs"]:
         lines += [
-            f"- `{record['variant']}` fold {record['fold']} seed {record['seed']}: fit "
+            f"- `{run_label(record['variant'], record['splits'], splits['file'])}` fold "
+            f"{record['fold']} seed {record['seed']}: fit "
             f"{record['fit_seconds']:.0f} s, test {record['test_seconds']:.0f} s, commit "
             f"`{record.get('commit', 'unknown')}`",
             f"  - `{_display(record['fit_command'])}`",
@@ -805,13 +831,14 @@ def write_job_list(args: argparse.Namespace, jobs: Sequence[tuple[Any, int, str]
     common += ["--runs", str(args.runs)]
     if args.folds:
         common += ["--folds", str(args.folds)]
-    if args.train_limit:
-        common += ["--train-limit", *args.train_limit]
     if args.trainer_config:
         common += ["--trainer-config", str(args.trainer_config)]
     lines = []
+    untrimmed = cv_splits_name(args.folds, {}) if args.folds else None
     for fold, seed, variant in jobs:
         command = ["ummkd", "reproduce", *common, "--variants", variant, "--seeds", str(seed)]
+        if args.train_limit and fold.splits != untrimmed:
+            command += ["--train-limit", *args.train_limit]
         command.append("--no-report")
         if fold is not None:
             command += ["--only-folds", str(fold.index)]
@@ -943,6 +970,8 @@ def option_conflict(args: argparse.Namespace) -> str | None:
         return "--train-limit needs --folds (it cuts each fold's training cases)"
     if args.baselines and not args.folds:
         return "--baselines needs --folds (it adds paired differences per case)"
+    if args.full_baselines and not args.train_limit:
+        return "--full-baselines needs --train-limit (it adds runs on all training cases)"
     for baseline in args.baselines:
         if baseline not in args.variants:
             return f"--baselines {baseline}: not among --variants; add it there to compare with it"
@@ -964,24 +993,40 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
             else write_cv_splits(data_root, args.folds, train_limit)
         )
         folds = [Fold(name, k) for k in (args.only_folds or range(args.folds))]
+    jobs = [(f, s, v) for f in folds for s in args.seeds for v in args.variants]
+    report_splits = None if folds[0] is None else folds[0].splits
+
+    def label(fold: Fold | None, variant: str) -> str:
+        return run_label(variant, None if fold is None else fold.splits, report_splits)
+
+    if args.full_baselines:
+        untrimmed = (
+            cv_splits_name(args.folds, {})
+            if args.report_only
+            else write_cv_splits(data_root, args.folds, {})
+        )
+        untrimmed_folds = [Fold(untrimmed, f.index) for f in folds if f is not None]
+        jobs += [
+            (f, s, v) for f in untrimmed_folds for s in args.seeds for v in args.full_baselines
+        ]
     extra = list(args.extra)
     if args.trainer_config:
         extra = ["--config", str(args.trainer_config), *extra]
     # Runs go fold by fold, seed by seed, in the variant order given; the report lists the
     # variants in the paper's order.
     records: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS if v in args.variants}
+    records.update((v + ALL_CASES, []) for v in VARIANTS if v in args.full_baselines)
     unfinished = []
-    jobs = [(f, s, v) for f in folds for s in args.seeds for v in args.variants]
     if args.write_jobs:
         return {"jobs": write_job_list(args, jobs)}
     if args.report_only:
         for fold, seed, variant in jobs:
             record_path = record_path_of(args.runs, args.scale, variant, seed, fold)
             if record_path.is_file():
-                records[variant].append(json.loads(record_path.read_text()))
+                records[label(fold, variant)].append(json.loads(record_path.read_text()))
             else:
                 where = "" if fold is None else f" fold {fold.index}"
-                unfinished.append(f"{variant}{where} seed {seed}")
+                unfinished.append(f"{label(fold, variant)}{where} seed {seed}")
     else:
 
         def run(job: tuple[Fold | None, int, str]) -> dict[str, Any]:
@@ -1002,8 +1047,8 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
         # Each run is its own process; --parallel N keeps N of them going (one GPU is
         # launch-bound at this model size, so concurrent runs raise its throughput).
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-            for (_, _, variant), record in zip(jobs, pool.map(run, jobs), strict=True):
-                records[variant].append(record)
+            for (fold, _, variant), record in zip(jobs, pool.map(run, jobs), strict=True):
+                records[label(fold, variant)].append(record)
         if args.no_report:
             return {}
     if unfinished:
@@ -1043,7 +1088,10 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
             if splits_path.is_file()
             else None,
         }
-        report.update(cross_validation_report(records, report["classes"], "ummkd", args.baselines))
+        if args.full_baselines:
+            report["splits"]["untrimmed_file"] = untrimmed
+        baselines = [*args.baselines, *(v + ALL_CASES for v in args.full_baselines)]
+        report.update(cross_validation_report(records, report["classes"], "ummkd", baselines))
         stem = args.name or f"abdominal_cv_{args.scale}{_train_limit_suffix(train_limit)}"
     else:
         report["n_test"] = sum(max(t[m]["n_cases"] for t in tested if m in t) for m in modalities)
@@ -1126,6 +1174,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="VARIANT",
         help="with --folds: also report every variant minus each of these, per case, e.g. "
         "single_ct single_mr (ummkd minus each variant is always reported)",
+    )
+    parser.add_argument(
+        "--full-baselines",
+        nargs="+",
+        choices=VARIANTS,
+        default=[],
+        metavar="VARIANT",
+        help="with --train-limit: also run these variants on all of each fold's training cases "
+        "(the same folds, untrimmed) and report every variant minus each, e.g. single_mr",
     )
     parser.add_argument(
         "--parallel",
