@@ -372,7 +372,10 @@ def test_restore_records_rejects_other_scales_and_non_results(tmp_path: Path) ->
         (["--only-folds", "1"], "--only-folds needs --folds"),
         (["--baselines", "joint"], "--baselines needs --folds"),
         (["--folds", "5", "--variants", "ummkd", "--baselines", "joint"], "not among --variants"),
-        (["--folds", "5", "--full-baselines", "single_mr"], "--full-baselines needs --train-limit"),
+        (
+            ["--folds", "5", "--all-cases-baselines", "single_mr"],
+            "--all-cases-baselines needs --train-limit",
+        ),
     ],
 )
 def test_options_that_cannot_work_together_are_usage_errors(
@@ -518,7 +521,7 @@ def test_cross_validation_report_pools_folds_and_compares_per_case(
     assert "Runs trained on: AMD EPYC (2 cores), torch 2.13; NVIDIA H200, torch 2.13" in text
 
 
-def test_full_baselines_compare_trimmed_runs_with_runs_on_all_training_cases(
+def test_all_cases_baselines_compare_trimmed_runs_with_runs_on_all_training_cases(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from ummkd.experiments import Fold, record_path_of
@@ -538,13 +541,13 @@ def test_full_baselines_compare_trimmed_runs_with_runs_on_all_training_cases(
             path.write_text(json.dumps(_cv_record(variant, fold, shifted, splits)))
     argv = ["--report-only", "--folds", "2", "--train-limit", "mr=1", "--runs", str(runs)]
     argv += ["--variants", "joint", "single_mr", "--baselines", "single_mr"]
-    argv += ["--full-baselines", "single_mr"]
+    argv += ["--all-cases-baselines", "single_mr"]
     argv += ["--results", str(tmp_path / "out"), "--data", str(tmp_path / "data")]
     assert main(argv) == 0
     report = json.loads((tmp_path / "out" / "abdominal_cv_cpu_mr1.json").read_text())
     full = "single_mr (all training cases)"
     assert list(report["variants"]) == ["single_mr", "joint", full]
-    assert report["splits"]["untrimmed_file"] == "splits_cv2.json"
+    assert report["splits"]["all_cases_file"] == "splits_cv2.json"
     gains = {g["baseline"]: g["differences"] for g in report["gains"]}
     assert list(gains) == ["single_mr", full]
     # what cutting the MR training cases costs, and whether CT makes up for it
@@ -583,15 +586,15 @@ def test_write_jobs_gives_one_command_per_run_and_trains_nothing(
     assert (data / "splits_cv3.json").is_file()
     assert not (tmp_path / "runs").exists()
 
-    # label-scarce jobs, and the --full-baselines jobs on the untrimmed folds
+    # label-scarce jobs, and the --all-cases-baselines jobs on the untrimmed folds
     argv = [*argv[:-1], str(tmp_path / "scarce.txt"), "--train-limit", "mr=2"]
-    assert main([*argv, "--full-baselines", "single_mr"]) == 0
+    assert main([*argv, "--all-cases-baselines", "single_mr"]) == 0
     lines = [shlex.split(line) for line in (tmp_path / "scarce.txt").read_text().splitlines()]
     assert len(lines) == 3 * 2 * 2 + 3 * 2
     trimmed = [c for c in lines if "--train-limit" in c]
     assert len(trimmed) == 12 and all(c[c.index("--train-limit") + 1] == "mr=2" for c in trimmed)
-    untrimmed = [c for c in lines if "--train-limit" not in c]
-    assert {c[c.index("--variants") + 1] for c in untrimmed} == {"single_mr"}
+    all_cases = [c for c in lines if "--train-limit" not in c]
+    assert {c[c.index("--variants") + 1] for c in all_cases} == {"single_mr"}
     assert (data / "splits_cv3_mr2.json").is_file()
 
 

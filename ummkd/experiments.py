@@ -85,7 +85,7 @@ DESCRIPTIONS = {
     "ummkd": "ummkd: shared kernels, modality norms + KD",
 }
 ALL_CASES = " (all training cases)"
-"""Marks a ``--full-baselines`` run: trained on every training case of its fold."""
+"""Marks an ``--all-cases-baselines`` run: trained on every training case of its fold."""
 SCALES = ("cpu", "gpu-short", "full")
 BASE_CONFIG = "ummkd.yaml"
 RECORD = "record.json"
@@ -567,7 +567,7 @@ def _variant_cells(variant: str, entry: Mapping[str, Any], runs: str) -> list[st
 
 
 def _description(name: str) -> str:
-    """What a variant (or a ``--full-baselines`` run) is, for the report's first table."""
+    """What a variant (or an ``--all-cases-baselines`` run) is, for the report's first table."""
     variant = name.removesuffix(ALL_CASES)
     text = DESCRIPTIONS.get(variant, "")
     return text + ", all of each fold's training cases" if variant != name else text
@@ -684,8 +684,8 @@ def cv_results_markdown(report: Mapping[str, Any]) -> str:
         + ", ".join(map(str, report["seeds"]))
         + (
             f"; runs marked{ALL_CASES}: the same test folds, all training cases kept "
-            f"(`{splits['untrimmed_file']}`)"
-            if splits.get("untrimmed_file")
+            f"(`{splits['all_cases_file']}`)"
+            if splits.get("all_cases_file")
             else ""
         ),
         f"- Scale: {report['scale_note']}",
@@ -834,10 +834,10 @@ def write_job_list(args: argparse.Namespace, jobs: Sequence[tuple[Any, int, str]
     if args.trainer_config:
         common += ["--trainer-config", str(args.trainer_config)]
     lines = []
-    untrimmed = cv_splits_name(args.folds, {}) if args.folds else None
+    all_cases_splits = cv_splits_name(args.folds, {}) if args.folds else None
     for fold, seed, variant in jobs:
         command = ["ummkd", "reproduce", *common, "--variants", variant, "--seeds", str(seed)]
-        if args.train_limit and fold.splits != untrimmed:
+        if args.train_limit and fold.splits != all_cases_splits:
             command += ["--train-limit", *args.train_limit]
         command.append("--no-report")
         if fold is not None:
@@ -970,8 +970,8 @@ def option_conflict(args: argparse.Namespace) -> str | None:
         return "--train-limit needs --folds (it cuts each fold's training cases)"
     if args.baselines and not args.folds:
         return "--baselines needs --folds (it adds paired differences per case)"
-    if args.full_baselines and not args.train_limit:
-        return "--full-baselines needs --train-limit (it adds runs on all training cases)"
+    if args.all_cases_baselines and not args.train_limit:
+        return "--all-cases-baselines needs --train-limit (it adds runs on all training cases)"
     for baseline in args.baselines:
         if baseline not in args.variants:
             return f"--baselines {baseline}: not among --variants; add it there to compare with it"
@@ -999,15 +999,15 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
     def label(fold: Fold | None, variant: str) -> str:
         return run_label(variant, None if fold is None else fold.splits, report_splits)
 
-    if args.full_baselines:
-        untrimmed = (
+    if args.all_cases_baselines:
+        all_cases_splits = (
             cv_splits_name(args.folds, {})
             if args.report_only
             else write_cv_splits(data_root, args.folds, {})
         )
-        untrimmed_folds = [Fold(untrimmed, f.index) for f in folds if f is not None]
+        all_cases_folds = [Fold(all_cases_splits, f.index) for f in folds if f is not None]
         jobs += [
-            (f, s, v) for f in untrimmed_folds for s in args.seeds for v in args.full_baselines
+            (f, s, v) for f in all_cases_folds for s in args.seeds for v in args.all_cases_baselines
         ]
     extra = list(args.extra)
     if args.trainer_config:
@@ -1015,7 +1015,7 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
     # Runs go fold by fold, seed by seed, in the variant order given; the report lists the
     # variants in the paper's order.
     records: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS if v in args.variants}
-    records.update((v + ALL_CASES, []) for v in VARIANTS if v in args.full_baselines)
+    records.update((v + ALL_CASES, []) for v in VARIANTS if v in args.all_cases_baselines)
     unfinished = []
     if args.write_jobs:
         return {"jobs": write_job_list(args, jobs)}
@@ -1088,9 +1088,9 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
             if splits_path.is_file()
             else None,
         }
-        if args.full_baselines:
-            report["splits"]["untrimmed_file"] = untrimmed
-        baselines = [*args.baselines, *(v + ALL_CASES for v in args.full_baselines)]
+        if args.all_cases_baselines:
+            report["splits"]["all_cases_file"] = all_cases_splits
+        baselines = [*args.baselines, *(v + ALL_CASES for v in args.all_cases_baselines)]
         report.update(cross_validation_report(records, report["classes"], "ummkd", baselines))
         stem = args.name or f"abdominal_cv_{args.scale}{_train_limit_suffix(train_limit)}"
     else:
@@ -1176,13 +1176,13 @@ def build_parser() -> argparse.ArgumentParser:
         "single_ct single_mr (ummkd minus each variant is always reported)",
     )
     parser.add_argument(
-        "--full-baselines",
+        "--all-cases-baselines",
         nargs="+",
         choices=VARIANTS,
         default=[],
         metavar="VARIANT",
         help="with --train-limit: also run these variants on all of each fold's training cases "
-        "(the same folds, untrimmed) and report every variant minus each, e.g. single_mr",
+        "(the same test folds) and report every variant minus each, e.g. single_mr",
     )
     parser.add_argument(
         "--parallel",
