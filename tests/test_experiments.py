@@ -560,6 +560,25 @@ def test_all_cases_baselines_compare_trimmed_runs_with_runs_on_all_training_case
     assert "(`splits_cv2.json`)" in text
     assert "- `single_mr (all training cases)` fold 1 seed 0: fit" in text
     assert "- `single_mr` fold 1 seed 0: fit" in text
+    assert "| `joint` | joint training, shared norms, no KD, training cases cut to MR 1" in text
+
+    # the training path labels the (reused) runs alike; a repeated variant counts once
+    from ummkd.data.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", n_ct=8, n_mr=8, size=(32, 32, 2))
+    trained_argv = [a for a in argv if a != "--report-only"] + ["--name", "trained"]
+    assert main([*trained_argv, "--all-cases-baselines", "single_mr", "single_mr"]) == 0
+    assert "reusing" in capsys.readouterr().out and (data / "splits_cv2.json").is_file()
+    trained = json.loads((tmp_path / "out" / "trained.json").read_text())
+    assert trained["gains"] == report["gains"] and trained["variants"] == report["variants"]
+
+    # --restore puts the runs on all training cases back under their own folds
+    results = tmp_path / "out" / "abdominal_cv_cpu_mr1.json"
+    assert main([*argv, "--runs", str(tmp_path / "restored"), "--restore", str(results)]) == 0
+    restored = Fold("splits_cv2.json", 1)
+    assert record_path_of(tmp_path / "restored", "cpu", "single_mr", 0, restored).is_file()
+    again = json.loads(results.read_text())
+    assert again["gains"] == report["gains"] and again["variants"] == report["variants"]
 
     record_path_of(runs, "cpu", "single_mr", 0, Fold("splits_cv2.json", 1)).unlink()
     assert main(argv) == 0
@@ -595,6 +614,8 @@ def test_write_jobs_gives_one_command_per_run_and_trains_nothing(
     assert len(trimmed) == 12 and all(c[c.index("--train-limit") + 1] == "mr=2" for c in trimmed)
     all_cases = [c for c in lines if "--train-limit" not in c]
     assert {c[c.index("--variants") + 1] for c in all_cases} == {"single_mr"}
+    runs_of = {(c[c.index("--only-folds") + 1], c[c.index("--seeds") + 1]) for c in all_cases}
+    assert runs_of == {(fold, seed) for fold in "012" for seed in "01"}
     assert (data / "splits_cv3_mr2.json").is_file()
 
 

@@ -256,14 +256,20 @@ def record_path_of(
     return runs_root / scale / stem / variant / f"fold{fold.index}" / f"seed{seed}" / RECORD
 
 
-def run_label(variant: str, splits: str | None, report_splits: str | None) -> str:
+def run_label(variant: str, splits: str | None, all_cases_splits: str | None) -> str:
     """A run's name in a report.
 
+    Args:
+        variant: The run's variant.
+        splits: The run's folds file.
+        all_cases_splits: The untrimmed folds file of ``--all-cases-baselines`` (or ``None``).
+
     Returns:
-        ``variant``, or ``variant (all training cases)`` for a run on the untrimmed folds
-        (``splits``) in a report of trimmed ones (``report_splits``).
+        ``variant (all training cases)`` for a run on ``all_cases_splits``, else ``variant``.
     """
-    return variant if splits == report_splits else variant + ALL_CASES
+    if all_cases_splits is not None and splits == all_cases_splits:
+        return variant + ALL_CASES
+    return variant
 
 
 def _train_limit_suffix(train_limit: Mapping[str, int]) -> str:
@@ -554,23 +560,32 @@ def _minutes(times: Mapping[str, float]) -> str:
     return text + (f" ({low:.1f}-{high:.1f})" if f"{low:.1f}" != f"{high:.1f}" else "")
 
 
-def _variant_cells(variant: str, entry: Mapping[str, Any], runs: str) -> list[str]:
+def _variant_cells(
+    variant: str, entry: Mapping[str, Any], runs: str, train_limit: str = ""
+) -> list[str]:
     """The first cells of a variant's row: name, description, its seeds or folds, size, time."""
     params = entry["parameters"]
     return [
         f"`{variant}`",
-        _description(variant),
+        _description(variant, train_limit),
         ", ".join(map(str, entry[runs])),
         f"{params / 1e6:.2f} M" if params else MISSING,
         _minutes(entry["fit_seconds"]),
     ]
 
 
-def _description(name: str) -> str:
-    """What a variant (or an ``--all-cases-baselines`` run) is, for the report's first table."""
+def _description(name: str, train_limit: str = "") -> str:
+    """What a variant (or an ``--all-cases-baselines`` run) is, for the report's first table.
+
+    Args:
+        name: The variant's name in the report.
+        train_limit: How its training cases were cut (e.g. ``MR 4 per fold``), if they were.
+    """
     variant = name.removesuffix(ALL_CASES)
     text = DESCRIPTIONS.get(variant, "")
-    return text + ", all of each fold's training cases" if variant != name else text
+    if variant != name:
+        return text + ", all of each fold's training cases"
+    return text + (f", training cases cut to {train_limit}" if train_limit else "")
 
 
 def _display(command: str) -> str:
@@ -668,6 +683,7 @@ def cv_results_markdown(report: Mapping[str, Any]) -> str:
     splits = report["splits"]
     commits = report["run_commits"]
     limit = _train_limit_text(splits["train_limit"])
+    all_cases_file = splits.get("all_cases_file")
     lines = [
         f"# Abdominal 2D proxy, {splits['n_folds']}-fold cross-validation, scale "
         f"`{report['scale']}`" + (f", training cases cut to {limit}" if limit else ""),
@@ -684,8 +700,8 @@ def cv_results_markdown(report: Mapping[str, Any]) -> str:
         + ", ".join(map(str, report["seeds"]))
         + (
             f"; runs marked{ALL_CASES}: the same test folds, all training cases kept "
-            f"(`{splits['all_cases_file']}`)"
-            if splits.get("all_cases_file")
+            f"(`{all_cases_file}`)"
+            if all_cases_file
             else ""
         ),
         f"- Scale: {report['scale_note']}",
@@ -700,7 +716,7 @@ def cv_results_markdown(report: Mapping[str, Any]) -> str:
     ]
     rows = []
     for variant, entry in variants.items():
-        row = _variant_cells(variant, entry, "folds")
+        row = _variant_cells(variant, entry, "folds", limit)
         for m in modalities:
             result = entry["modalities"].get(m)
             if result is None:
@@ -754,7 +770,7 @@ def cv_results_markdown(report: Mapping[str, Any]) -> str:
     lines += ["", "## Runs", ""]
     for record in report["runs"]:
         lines += [
-            f"- `{run_label(record['variant'], record['splits'], splits['file'])}` fold "
+            f"- `{run_label(record['variant'], record['splits'], all_cases_file)}` fold "
             f"{record['fold']} seed {record['seed']}: fit "
             f"{record['fit_seconds']:.0f} s, test {record['test_seconds']:.0f} s, commit "
             f"`{record.get('commit', 'unknown')}`",
@@ -994,11 +1010,7 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
         )
         folds = [Fold(name, k) for k in (args.only_folds or range(args.folds))]
     jobs = [(f, s, v) for f in folds for s in args.seeds for v in args.variants]
-    report_splits = None if folds[0] is None else folds[0].splits
-
-    def label(fold: Fold | None, variant: str) -> str:
-        return run_label(variant, None if fold is None else fold.splits, report_splits)
-
+    all_cases_splits: str | None = None
     if args.all_cases_baselines:
         all_cases_splits = (
             cv_splits_name(args.folds, {})
@@ -1009,6 +1021,10 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
         jobs += [
             (f, s, v) for f in all_cases_folds for s in args.seeds for v in args.all_cases_baselines
         ]
+
+    def label(fold: Fold | None, variant: str) -> str:
+        return run_label(variant, None if fold is None else fold.splits, all_cases_splits)
+
     extra = list(args.extra)
     if args.trainer_config:
         extra = ["--config", str(args.trainer_config), *extra]
@@ -1088,7 +1104,7 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
             if splits_path.is_file()
             else None,
         }
-        if args.all_cases_baselines:
+        if all_cases_splits:
             report["splits"]["all_cases_file"] = all_cases_splits
         baselines = [*args.baselines, *(v + ALL_CASES for v in args.all_cases_baselines)]
         report.update(cross_validation_report(records, report["classes"], "ummkd", baselines))
@@ -1182,7 +1198,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="VARIANT",
         help="with --train-limit: also run these variants on all of each fold's training cases "
-        "(the same test folds) and report every variant minus each, e.g. single_mr",
+        "(the same test folds; the runs of plain --folds N, reused where finished), labelled "
+        "'VARIANT (all training cases)', and report every variant minus each, e.g. single_mr",
     )
     parser.add_argument(
         "--parallel",
@@ -1252,6 +1269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    # A variant given twice is one variant (a repeat would test its cases twice).
+    args.variants = list(dict.fromkeys(args.variants))
+    args.all_cases_baselines = list(dict.fromkeys(args.all_cases_baselines))
     conflict = option_conflict(args)
     if conflict:
         parser.error(conflict)
