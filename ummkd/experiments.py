@@ -29,7 +29,7 @@ Examples::
     ummkd reproduce --scale cpu --seeds 0
     ummkd reproduce --scale cpu --folds 5 --variants ummkd separate_norm joint single_mr single_ct
     ummkd reproduce --scale cpu --folds 5 --train-limit mr=4 --baselines single_mr \
-        --variants ummkd separate_norm joint single_mr
+        --all-cases-baselines single_mr --variants ummkd separate_norm joint single_mr
     ummkd reproduce --scale full --seeds 0 1 2 --trainer-config configs/trainer/gpu.yaml
 """
 
