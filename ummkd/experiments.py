@@ -915,7 +915,7 @@ def cross_validation_report(
         records: Variant -> its run records.
         classes: Class names of the summaries.
         method: The variant compared with every other one (``method`` minus each).
-        baselines: Variants every other one is also compared with (each minus the baseline).
+        baselines: Distinct variants every other one is also compared with (each minus it).
 
     Returns:
         ``{"variants": {variant: {"folds", "seeds", "modalities": pooled statistics}},
@@ -948,7 +948,7 @@ def cross_validation_report(
     if baselines:
         report["gains"] = [
             {"baseline": baseline, "differences": gains_over(pooled, baseline)}
-            for baseline in dict.fromkeys(baselines)
+            for baseline in baselines
         ]
     return report
 
@@ -1001,22 +1001,21 @@ def reproduce(args: argparse.Namespace) -> dict[str, Path]:
         for path in restore_records(results_file, args.runs, args.scale):
             print(f"[ummkd] restored {path} from {results_file}", flush=True)
     data_root = args.data if args.report_only else ensure_dataset(args.data, args.source)
+
+    def folds_file(limit: Mapping[str, int]) -> str:
+        """The folds file's name; written (or checked) in the dataset unless only reporting."""
+        if args.report_only:
+            return cv_splits_name(args.folds, limit)
+        return write_cv_splits(data_root, args.folds, limit)
+
     folds: list[Fold | None] = [None]
     if args.folds:
-        name = (
-            cv_splits_name(args.folds, train_limit)
-            if args.report_only
-            else write_cv_splits(data_root, args.folds, train_limit)
-        )
+        name = folds_file(train_limit)
         folds = [Fold(name, k) for k in (args.only_folds or range(args.folds))]
     jobs = [(f, s, v) for f in folds for s in args.seeds for v in args.variants]
     all_cases_splits: str | None = None
     if args.all_cases_baselines:
-        all_cases_splits = (
-            cv_splits_name(args.folds, {})
-            if args.report_only
-            else write_cv_splits(data_root, args.folds, {})
-        )
+        all_cases_splits = folds_file({})
         all_cases_folds = [Fold(all_cases_splits, f.index) for f in folds if f is not None]
         jobs += [
             (f, s, v) for f in all_cases_folds for s in args.seeds for v in args.all_cases_baselines
@@ -1270,8 +1269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # A variant given twice is one variant (a repeat would test its cases twice).
-    args.variants = list(dict.fromkeys(args.variants))
-    args.all_cases_baselines = list(dict.fromkeys(args.all_cases_baselines))
+    for option in ("variants", "baselines", "all_cases_baselines"):
+        setattr(args, option, list(dict.fromkeys(getattr(args, option))))
     conflict = option_conflict(args)
     if conflict:
         parser.error(conflict)
